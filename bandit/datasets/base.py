@@ -1,0 +1,112 @@
+"""The one form every recorded data set is imported into, and where the files are found."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bandit.errors import DataNotFoundError, DatasetError
+
+DATA_DIR_ENV = "METALLM_DATA_DIR"
+DATA_SOURCES = (
+    "imdb-apis/ from FrugalML (github.com/lchen001/FrugalML, dataset/mlserviceperformance_IMDB) "
+    "with the aclImdb test texts; overruling/ from FrugalGPT as republished in "
+    "superyue72/OptLLM; routerbench/ from RouterBench as republished in shuhao02/RouterDC"
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Recorded outcomes of several real models on the same queries.
+
+    Row i is one query; column j is one arm (``arms[j]``).
+
+    - ``ids``: shape (n,), client-unique query ids.
+    - ``texts``: shape (n,), what the router embeds (the bare query, no few-shot scaffolding).
+    - ``labels``: shape (n,), the true label ("" where the source does not give it).
+    - ``answers``: shape (n, n_arms), object, the raw text each model returned.
+    - ``correct``: shape (n, n_arms), float in {0, 1}: 1 where that model was right.
+    - ``cost_usd``: shape (n, n_arms), float, USD that call cost.
+    - ``label_set``: the labels a parsed answer can take.
+    - ``source_split``: shape (n,), "train"/"test" where the publisher fixed a split, else "".
+    """
+
+    name: str
+    ids: np.ndarray
+    texts: np.ndarray
+    labels: np.ndarray
+    arms: tuple[str, ...]
+    answers: np.ndarray
+    correct: np.ndarray
+    cost_usd: np.ndarray
+    label_set: tuple[str, ...]
+    source_split: np.ndarray
+
+    def __post_init__(self) -> None:
+        n, k = len(self.ids), len(self.arms)
+        for fname in ("texts", "labels", "source_split"):
+            if len(getattr(self, fname)) != n:
+                raise DatasetError(f"{self.name}: {fname} has {len(getattr(self, fname))} rows, ids {n}")
+        for fname in ("answers", "correct", "cost_usd"):
+            if getattr(self, fname).shape != (n, k):
+                raise DatasetError(
+                    f"{self.name}: {fname} has shape {getattr(self, fname).shape}, expected {(n, k)}"
+                )
+        if len(set(self.ids.tolist())) != n:
+            raise DatasetError(f"{self.name}: query ids are not unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        """The rows ``idx`` (shape (m,), int) as a data set of their own."""
+        return Dataset(
+            name=self.name,
+            ids=self.ids[idx],
+            texts=self.texts[idx],
+            labels=self.labels[idx],
+            arms=self.arms,
+            answers=self.answers[idx],
+            correct=self.correct[idx],
+            cost_usd=self.cost_usd[idx],
+            label_set=self.label_set,
+            source_split=self.source_split[idx],
+        )
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding the recorded data sets.
+
+    Looked up in this order: the ``data_dir`` argument, ``$METALLM_DATA_DIR``,
+    ``../shared/data`` from the working directory, ``../shared/data`` beside this checkout.
+    """
+    if data_dir is not None:
+        candidates = [Path(data_dir)]
+    elif os.environ.get(DATA_DIR_ENV):
+        candidates = [Path(os.environ[DATA_DIR_ENV])]
+    else:
+        candidates = [
+            Path.cwd().parent / "shared" / "data",
+            Path(__file__).resolve().parents[3] / "shared" / "data",
+        ]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    looked = ", ".join(str(p) for p in candidates)
+    raise DataNotFoundError(
+        f"recorded data sets not found (looked in: {looked}). They live in the project's "
+        f"shared folder, ../shared/data beside the checkout; pass --data-dir or set "
+        f"{DATA_DIR_ENV} to where they are. Sources: {DATA_SOURCES}."
+    )
+
+
+def require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"{path} is missing. The recorded data sets come from the project's shared folder "
+            f"(../shared/data; set {DATA_DIR_ENV} or --data-dir). Sources: {DATA_SOURCES}."
+        )
+    return path
