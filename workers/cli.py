@@ -1,0 +1,157 @@
+"""The ``metallm`` command line.
+
+Settings come from options, then environment variables (METALLM_DATA_DIR,
+METALLM_CACHE_DIR), then defaults; bad settings are reported in one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bandit.config import RoutingConfig, builtin_config, load_config
+from bandit.datasets import DATA_DIR_ENV, LOADERS, Dataset, load_dataset, make_split
+from bandit.embedder import Embedder
+from bandit.errors import MetalLMError
+
+log = logging.getLogger("metallm")
+CACHE_DIR_ENV = "METALLM_CACHE_DIR"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "metallm"
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, choices=sorted(LOADERS), help="recorded data set to use")
+    p.add_argument(
+        "--data-dir",
+        help=f"folder with the recorded data sets (default: ${DATA_DIR_ENV}, else ../shared/data)",
+    )
+    p.add_argument(
+        "--config",
+        help="TOML file with [task], [policy], [embedder] and [[arms]] "
+        "(default: the built-in config of the data set, bandit/configs/NAME.toml)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        help=f"where embeddings of data sets are cached (default: ${CACHE_DIR_ENV}, else {DEFAULT_CACHE_DIR})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, training order and sampling (default 0)")
+    p.add_argument(
+        "--limit", type=int, help="use a seeded random subset of this many queries (for quick runs)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metallm",
+        description="metallm routes each query to the LLM with the best expected reward a − p·c "
+        "(MetaLLM). These commands train and evaluate the router offline on recorded outcomes of "
+        "real LLMs.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="train, calibrate and evaluate the router on a recorded data set",
+        description="Embed the data set's queries (cached on disk), train the Vowpal Wabbit "
+        "policy on the train split, calibrate p on validation and print, for the test split: "
+        "every arm alone, the oracle, a random router, the router at several p and at the "
+        "budget of each arm (both reward modes), AIQ, and an online replay.",
+    )
+    _add_common(ev)
+    ev.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
+    ev.add_argument("--plot", type=Path, help="write the cost–accuracy frontier as PNG to this file")
+
+    tu = sub.add_parser(
+        "tune",
+        help="pick learning rate, passes and word features on validation",
+        description="Grid-search the policy's learning rate, warm-start passes and word features "
+        "by the router's AIQ on the validation split; prints every trial, best first. Put the "
+        "winner in the [policy] table of the config.",
+    )
+    _add_common(tu)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> RoutingConfig:
+    cfg = load_config(args.config) if args.config else builtin_config(args.dataset)
+    cache = args.cache_dir or os.environ.get(CACHE_DIR_ENV) or str(DEFAULT_CACHE_DIR)
+    return dataclasses.replace(cfg, embedder=dataclasses.replace(cfg.embedder, cache_dir=str(Path(cache) / "embeddings")))
+
+
+def _dataset(args: argparse.Namespace) -> Dataset:
+    ds = load_dataset(args.dataset, args.data_dir)
+    if args.limit:
+        if not 10 <= args.limit <= len(ds):
+            raise MetalLMError(f"--limit {args.limit} must be between 10 and {len(ds)} (the data set's size)")
+        ds = ds.subset(np.sort(np.random.default_rng(args.seed).permutation(len(ds))[: args.limit]))
+    return ds
+
+
+def _embed(ds: Dataset, cfg: RoutingConfig) -> np.ndarray:
+    t0 = time.perf_counter()
+    vectors = Embedder(cfg.embedder).embed_cached(list(ds.texts), progress=True)
+    log.info("embeddings of %d queries ready in %.1f s", len(ds), time.perf_counter() - t0)
+    return vectors
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bandit.evaluation import evaluate
+    from workers.report import print_report, write_json, write_plot
+
+    cfg = _config(args)
+    ds = _dataset(args)
+    vectors = _embed(ds, cfg)
+    t0 = time.perf_counter()
+    report = evaluate(ds, vectors, make_split(ds, args.seed), cfg, seed=args.seed)
+    log.info("evaluation done in %.1f s", time.perf_counter() - t0)
+    print_report(report, sys.stdout)
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        write_plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from bandit.evaluation import Experiment
+    from bandit.tuning import tune
+
+    cfg = _config(args)
+    ds = _dataset(args)
+    ex = Experiment(ds, _embed(ds, cfg), make_split(ds, args.seed), cfg)
+    print(f"{'learning_rate':>13} {'passes':>6} {'words':>5} {'val AIQ':>8}")
+    for r in tune(ex, cfg.policy, seed=args.seed):
+        print(f"{r.learning_rate:>13g} {r.warm_start_passes:>6} {r.word_features!s:>5} {r.val_aiq:>8.4f}")
+    return 0
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "tune": cmd_tune}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return COMMANDS[args.command](args)
+    except MetalLMError as exc:
+        print(f"metallm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
