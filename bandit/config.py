@@ -35,7 +35,7 @@ SECTIONS = ("task", "policy", "embedder", "arms")
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str
+    name: str = "default"
     labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

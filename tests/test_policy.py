@@ -1,0 +1,114 @@
+"""The Vowpal Wabbit policy on seeded synthetic contexts where the right arm is known."""
+
+import numpy as np
+import pytest
+
+from bandit.errors import ConfigError, PolicyError
+from bandit.policy import Policy, PolicyConfig
+from bandit.training import TrainingData, train_bandit, train_full_information
+
+DIM = 8
+ARMS = ("dear", "cheap", "bad")
+COSTS = np.array([1.0, 0.1, 0.05])
+
+
+def world(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """'dear' is always right; 'cheap' is right when x0 > 0; 'bad' never."""
+    x = np.random.default_rng(seed).normal(size=(n, DIM))
+    correct = np.stack([np.ones(n), (x[:, 0] > 0).astype(float), np.zeros(n)], axis=1)
+    return x, correct
+
+
+def data(policy: Policy, x: np.ndarray, correct: np.ndarray) -> TrainingData:
+    shared = policy.features.shared_batch(x)
+    return TrainingData(shared, correct, np.tile(COSTS, (len(x), 1)), np.tile(COSTS, (len(x), 1)))
+
+
+@pytest.mark.parametrize("mode", ["decoupled", "paper"])
+def test_full_information_training_learns_the_cost_aware_choice(mode: str) -> None:
+    cfg = PolicyConfig(mode=mode, loss="logistic" if mode == "decoupled" else "squared", p=0.3,
+                       word_features=False, warm_start_passes=3)
+    pol = train_full_information(Policy(cfg, ARMS, COSTS, DIM), data(Policy(cfg, ARMS, COSTS, DIM), *world(1500, 0)))
+    x, correct = world(400, 1)
+    arms = np.array([d.arm for d in pol.decide(x, greedy=True)])
+    # at p = 0.3 the cheap arm is worth it exactly where it is right (1 − .03 > 1 − .3)
+    expected = np.where(x[:, 0] > 0, 1, 0)
+    assert (arms == expected).mean() > 0.85  # a guess scores 0.5
+    assert pol.version == 1500 * 3 * 3
+
+
+def test_decoupled_p_is_applied_at_decision_time() -> None:
+    cfg = PolicyConfig(word_features=False, warm_start_passes=2)
+    pol = Policy(cfg, ARMS, COSTS, DIM)
+    train_full_information(pol, data(pol, *world(1000, 0)))
+    x, _ = world(200, 2)
+    at_zero = np.array([d.arm for d in pol.decide(x, p=0.0, greedy=True)])
+    at_high = np.array([d.arm for d in pol.decide(x, p=50.0, greedy=True)])
+    assert (at_zero == 0).mean() > 0.9  # accuracy only: the always-right arm
+    assert (at_high == 2).mean() > 0.9  # cost only: the cheapest arm
+    with pytest.raises(PolicyError, match="paper mode learned with p"):
+        Policy(PolicyConfig(mode="paper", loss="squared", p=0.1), ARMS, COSTS, DIM).decide(x[:1], p=0.5)
+
+
+@pytest.mark.parametrize("mode", ["decoupled", "paper"])
+def test_snapshot_round_trip_gives_identical_pmfs(mode: str) -> None:
+    cfg = PolicyConfig(mode=mode, loss="logistic" if mode == "decoupled" else "squared", p=0.2)
+    pol = Policy(cfg, ARMS, COSTS, DIM)
+    train_bandit(pol, data(pol, *world(300, 0)))
+    copy = Policy.from_bytes(pol.to_bytes())
+    x, _ = world(50, 3)
+    texts = [f"query {i}" for i in range(50)]
+    for a, b in zip(pol.decide(x, texts), copy.decide(x, texts), strict=True):
+        np.testing.assert_array_equal(a.pmf, b.pmf)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    assert copy.version == pol.version == 300
+    assert copy.arm_names == ARMS
+    with pytest.raises(PolicyError, match="magic"):
+        Policy.from_bytes(b"not a model")
+
+
+def test_epsilon_greedy_pmf_and_logged_probability() -> None:
+    pol = Policy(PolicyConfig(epsilon=0.3), ARMS, COSTS, DIM)
+    (d,) = pol.decide(np.zeros((1, DIM)))
+    np.testing.assert_allclose(sorted(d.pmf), [0.1, 0.1, 0.8])
+    assert d.prob == d.pmf[d.arm]
+    assert d.fallback_order()[0] == d.arm and sorted(d.fallback_order()) == [0, 1, 2]
+
+
+def test_online_bandit_replay_finds_the_right_arm() -> None:
+    cfg = PolicyConfig(epsilon=0.1, word_features=False)
+    pol = Policy(cfg, ARMS, COSTS, DIM)
+    res = train_bandit(pol, data(pol, *world(3000, 0)))
+    assert res.rounds == 3000 and 0.05 < res.explored_share < 0.15
+    x, correct = world(300, 4)
+    arms = np.array([d.arm for d in pol.decide(x, greedy=True)])
+    assert correct[np.arange(300), arms].mean() > 0.95
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"arm": 5, "prob": 0.5, "correct": 1.0}, "out of range"),
+     ({"arm": 0, "prob": 0.0, "correct": 1.0}, r"probability 0.0 must be in \(0, 1\]"),
+     ({"arm": 0, "prob": 0.5, "correct": 2.0}, "correctness")],
+)
+def test_bad_learning_inputs(kwargs: dict, match: str) -> None:
+    pol = Policy(PolicyConfig(), ARMS, COSTS, DIM)
+    with pytest.raises(PolicyError, match=match):
+        pol.learn(np.zeros(DIM), "", **kwargs)
+
+
+def test_bad_policy_settings() -> None:
+    with pytest.raises(ConfigError, match="explorer = 'cover' is not one of: epsilon, softmax"):
+        PolicyConfig(explorer="cover")
+    with pytest.raises(ConfigError, match="costs has shape"):
+        Policy(PolicyConfig(), ARMS, np.array([1.0]), DIM)
+    with pytest.raises(ValueError, match="expected"):
+        Policy(PolicyConfig(), ARMS, COSTS, DIM).decide(np.zeros((1, DIM + 1)))
+
+
+@pytest.mark.parametrize("explorer", ["softmax", "bag", "cover", "squarecb"])
+def test_other_vowpal_wabbit_explorers_give_a_pmf(explorer: str) -> None:
+    pol = Policy(PolicyConfig(mode="paper", loss="squared", explorer=explorer), ARMS, COSTS, DIM)
+    train_bandit(pol, data(pol, *world(200, 0)))
+    (d,) = pol.decide(np.ones((1, DIM)))
+    assert d.pmf.sum() == pytest.approx(1.0, abs=1e-5)
