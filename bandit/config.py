@@ -1,20 +1,20 @@
 """One TOML file configures a routing task: its labels, the arms, the policy, the embedder.
 
-    [task]
-    name = "overruling"
-    labels = ["Yes", "No"]
+[task]
+name = "overruling"
+labels = ["Yes", "No"]
 
-    [policy]            # PolicyConfig fields
-    mode = "decoupled"
+[policy]            # PolicyConfig fields
+mode = "decoupled"
 
-    [embedder]          # EmbedderConfig fields
-    max_seq_length = 256
+[embedder]          # EmbedderConfig fields
+max_seq_length = 256
 
-    [[arms]]            # Arm fields, one table per arm, in action order
-    name = "gpt-4"
-    provider = "openai"
-    model_id = "gpt-4"
-    price_per_1k_input_usd = 0.03
+[[arms]]            # Arm fields, one table per arm, in action order
+name = "gpt-4"
+provider = "openai"
+model_id = "gpt-4"
+price_per_1k_input_usd = 0.03
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def _section(cls: type, data: dict[str, Any], name: str) -> Any:
     allowed = {f.name for f in fields(cls)}
     unknown = set(data) - allowed
     if unknown:
-        raise ConfigError(f"[{name}]: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ConfigError(
+            f"[{name}]: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
     try:
         return cls(**data)
     except TypeError as exc:
@@ -67,7 +69,9 @@ def _section(cls: type, data: dict[str, Any], name: str) -> Any:
 def parse_config(data: dict[str, Any], source: str = "<config>") -> RoutingConfig:
     unknown = set(data) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; allowed: {list(SECTIONS)}")
+        raise ConfigError(
+            f"{source}: unknown section(s) {sorted(unknown)}; allowed: {list(SECTIONS)}"
+        )
     if "arms" not in data:
         raise ConfigError(f"{source}: no [[arms]] tables: list the LLMs the router may use")
     task = dict(data.get("task", {}))

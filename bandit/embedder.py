@@ -43,7 +43,9 @@ class EmbedderConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_seq_length <= 512:
-            raise ConfigError(f"embedder.max_seq_length = {self.max_seq_length} must be in [1, 512] tokens")
+            raise ConfigError(
+                f"embedder.max_seq_length = {self.max_seq_length} must be in [1, 512] tokens"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"embedder.batch_size = {self.batch_size} must be ≥ 1")
         if self.lru_size < 0:
@@ -99,7 +101,9 @@ class Embedder:
             self._model.max_seq_length = self.config.max_seq_length
             dim = self._model.get_embedding_dimension()
             if dim != EMBEDDING_DIM:
-                raise EmbedderError(f"model at {path} gives {dim}-dimensional vectors, expected {EMBEDDING_DIM}")
+                raise EmbedderError(
+                    f"model at {path} gives {dim}-dimensional vectors, expected {EMBEDDING_DIM}"
+                )
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -150,7 +154,9 @@ class Embedder:
         found = store.lookup(keys)
         todo = [i for i, v in enumerate(found) if v is None]
         if todo:
-            log.info("embedding %d of %d texts not in the cache at %s", len(todo), len(texts), store.path)
+            log.info(
+                "embedding %d of %d texts not in the cache at %s", len(todo), len(texts), store.path
+            )
             chunk = max(self.config.batch_size * 16, 256)
             for start in range(0, len(todo), chunk):
                 rows = todo[start : start + chunk]
@@ -161,7 +167,11 @@ class Embedder:
                     found[i] = v
                 if progress:
                     log.info("embedded %d / %d", min(start + chunk, len(todo)), len(todo))
-        return np.stack(found).astype(np.float32) if found else np.zeros((0, EMBEDDING_DIM), np.float32)
+        return (
+            np.stack([v for v in found if v is not None]).astype(np.float32)
+            if found
+            else np.zeros((0, EMBEDDING_DIM), np.float32)
+        )
 
 
 class DiskCache:
@@ -201,7 +211,10 @@ class DiskCache:
     def save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         # Write then rename, so an interrupted run never leaves a half-written cache.
-        for name, arr in (("keys.npy", np.array(self._keys, dtype="S16")), ("vectors.npy", self._vectors)):
+        for name, arr in (
+            ("keys.npy", np.array(self._keys, dtype="S16")),
+            ("vectors.npy", self._vectors),
+        ):
             tmp = self.path / f".{name}.tmp"
             with tmp.open("wb") as f:
                 np.save(f, arr)

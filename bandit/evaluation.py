@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bandit.calibration import DEFAULT_P_GRID, PER_10K, SweepPoint, calibrate, outcome, sweep
+from bandit.calibration import PER_10K, SweepPoint, calibrate, outcome, sweep
 from bandit.config import RoutingConfig
 from bandit.datasets import Dataset, Split
 from bandit.errors import ConfigError
@@ -22,7 +22,12 @@ from bandit.training import TrainingData, train_bandit, train_full_information
 TABLE_P = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 PAPER_P = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 50.0)
 # (p, ε) of the online replays: ε-greedy at several ε, and one run that prices cost in.
-ONLINE_SETTINGS: tuple[tuple[float, float], ...] = ((0.0, 0.05), (0.0, 0.1), (0.0, 0.2), (0.05, 0.1))
+ONLINE_SETTINGS: tuple[tuple[float, float], ...] = (
+    (0.0, 0.05),
+    (0.0, 0.1),
+    (0.0, 0.2),
+    (0.05, 0.1),
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,9 @@ class EvaluationReport:
 class Experiment:
     """A data set, its split and its embeddings, arranged in the catalogue's arm order."""
 
-    def __init__(self, ds: Dataset, vectors: np.ndarray, split: Split, config: RoutingConfig) -> None:
+    def __init__(
+        self, ds: Dataset, vectors: np.ndarray, split: Split, config: RoutingConfig
+    ) -> None:
         if vectors.shape[0] != len(ds):
             raise ConfigError(f"{len(ds)} rows but {vectors.shape[0]} embeddings")
         names = config.arms.names
@@ -106,7 +113,10 @@ class Experiment:
 
     def data(self, idx: np.ndarray) -> TrainingData:
         return TrainingData(
-            [self.shared[i] for i in idx], self.correct[idx], self.reward_cost[idx], self.cost_usd[idx]
+            [self.shared[i] for i in idx],
+            self.correct[idx],
+            self.reward_cost[idx],
+            self.cost_usd[idx],
         )
 
     def new_policy(self, config: PolicyConfig) -> Policy:
@@ -119,7 +129,9 @@ class Experiment:
         return policy.correctness([self.shared[i] for i in idx])
 
     def greedy_choices(self, policy: Policy, idx: np.ndarray) -> np.ndarray:
-        return np.array([d.arm for d in policy.decide_lines([self.shared[i] for i in idx], greedy=True)])
+        return np.array(
+            [d.arm for d in policy.decide_lines([self.shared[i] for i in idx], greedy=True)]
+        )
 
     def point(self, idx: np.ndarray, arms: np.ndarray) -> Point:
         return Point(*outcome(self.correct[idx], self.cost_usd[idx], arms))
@@ -143,7 +155,9 @@ def evaluate(
         name: Point(float(test_correct[:, j].mean()), float(test_cost[:, j].mean() * PER_10K))
         for j, name in enumerate(ex.arm_names)
     }
-    val_arm_cost = {n: float(ex.cost_usd[val, j].mean() * PER_10K) for j, n in enumerate(ex.arm_names)}
+    val_arm_cost = {
+        n: float(ex.cost_usd[val, j].mean() * PER_10K) for j, n in enumerate(ex.arm_names)
+    }
     # Oracle: the cheapest arm that was right (the cheapest arm when none was).
     masked = np.where(test_correct == 1, test_cost, np.inf)
     oracle_arms = np.where(np.isfinite(masked.min(1)), masked.argmin(1), test_cost.argmin(1))
@@ -154,7 +168,9 @@ def evaluate(
     # Decoupled mode: one policy, p applied at decision time.
     dcfg = config.policy.replace(mode="decoupled")
     policy = ex.warm_policy(dcfg, seed)
-    val_sweep = sweep(ex.correctness(policy, val), ex.reward_cost[val], ex.correct[val], ex.cost_usd[val])
+    val_sweep = sweep(
+        ex.correctness(policy, val), ex.reward_cost[val], ex.correct[val], ex.cost_usd[val]
+    )
     test_scores = ex.correctness(policy, test)
     test_sweep = sweep(test_scores, ex.reward_cost[test], test_correct, test_cost)
     rows: list[RouterRow] = []
@@ -173,10 +189,12 @@ def evaluate(
     for p in paper_p:
         pcfg = config.policy.replace(mode="paper", loss="squared", p=float(p), explorer="epsilon")
         pol = ex.warm_policy(pcfg, seed)
-        paper_val.append(SweepPoint(p, *outcome(ex.correct[val], ex.cost_usd[val], ex.greedy_choices(pol, val))))
-        pt = ex.point(test, ex.greedy_choices(pol, test))
-        paper_test[p] = SweepPoint(p, pt.acc, pt.cost_per_10k)
-        rows.append(RouterRow("paper", float(p), None, pt.acc, pt.cost_per_10k))
+        paper_val.append(
+            SweepPoint(p, *outcome(ex.correct[val], ex.cost_usd[val], ex.greedy_choices(pol, val)))
+        )
+        paper_pt = ex.point(test, ex.greedy_choices(pol, test))
+        paper_test[p] = SweepPoint(p, paper_pt.acc, paper_pt.cost_per_10k)
+        rows.append(RouterRow("paper", float(p), None, paper_pt.acc, paper_pt.cost_per_10k))
     for name, budget in val_arm_cost.items():
         chosen = calibrate(paper_val, budget, len(val))
         pt2 = paper_test[chosen.p]
@@ -195,9 +213,17 @@ def evaluate(
         pol = ex.new_policy(dcfg.replace(p=float(p), epsilon=float(eps)))
         res = train_bandit(pol, ex.data(replay_rows), seed)
         arms_test = ex.greedy_choices(pol, test)
-        pt = ex.point(test, arms_test)
+        online_pt = ex.point(test, arms_test)
         online_rows.append(
-            OnlineRow(float(p), float(eps), res.rounds, res.progressive_acc, res.progressive_cost_per_10k, pt.acc, pt.cost_per_10k)
+            OnlineRow(
+                float(p),
+                float(eps),
+                res.rounds,
+                res.progressive_acc,
+                res.progressive_cost_per_10k,
+                online_pt.acc,
+                online_pt.cost_per_10k,
+            )
         )
     return EvaluationReport(
         dataset=ds.name,

@@ -57,7 +57,7 @@ class FeatureBuilder:
 
     @property
     def arm_lines(self) -> tuple[str, ...]:
-        return self._arm_lines  # type: ignore[attr-defined,no-any-return]
+        return self._arm_lines  # type: ignore[attr-defined]
 
     def predict_example(self, shared: str) -> list[str]:
         return [shared, *self.arm_lines]

@@ -103,7 +103,9 @@ class PolicyConfig:
         allowed = {f.name for f in fields(cls)}
         unknown = set(data) - allowed
         if unknown:
-            raise ConfigError(f"[policy]: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise ConfigError(
+                f"[policy]: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
         return cls(**data)
 
     def replace(self, **changes: Any) -> PolicyConfig:
@@ -111,7 +113,10 @@ class PolicyConfig:
 
     def vw_args(self) -> str:
         """The Vowpal Wabbit command line this config stands for."""
-        args = ["--cb_explore_adf" if self.mode == "paper" else "--cb_adf", f"--cb_type {self.cb_type}"]
+        args = [
+            "--cb_explore_adf" if self.mode == "paper" else "--cb_adf",
+            f"--cb_type {self.cb_type}",
+        ]
         args += ["-q xa", "--ignore_linear x"]
         if self.word_features:
             args += ["-q wa", "--ignore_linear w"]
@@ -186,7 +191,9 @@ class Policy:
         self.arm_names = tuple(arm_names)
         self.costs = np.asarray(costs, dtype=np.float64)
         if self.costs.shape != (len(self.arm_names),):
-            raise ConfigError(f"costs has shape {self.costs.shape}, expected ({len(self.arm_names)},)")
+            raise ConfigError(
+                f"costs has shape {self.costs.shape}, expected ({len(self.arm_names)},)"
+            )
         self.dim = dim
         self.features = FeatureBuilder(self.arm_names, dim, word_features=config.word_features)
         self.updates = updates
@@ -218,8 +225,12 @@ class Policy:
     def correctness(self, shared_lines: Sequence[str]) -> np.ndarray:
         """Decoupled mode: P̂(a_j = 1 | x) for each query and arm, shape (n, n_arms)."""
         if self.config.mode != "decoupled":
-            raise PolicyError("correctness() needs mode = 'decoupled'; paper mode learns −(a − p·c)")
-        raw = np.array([self.raw_predict(s) for s in shared_lines]).reshape(len(shared_lines), self.n_arms)
+            raise PolicyError(
+                "correctness() needs mode = 'decoupled'; paper mode learns −(a − p·c)"
+            )
+        raw = np.array([self.raw_predict(s) for s in shared_lines]).reshape(
+            len(shared_lines), self.n_arms
+        )
         if self.config.loss == "logistic":
             return 1.0 / (1.0 + np.exp(np.clip(raw, -50, 50)))
         return -raw
@@ -274,7 +285,9 @@ class Policy:
             return -(correct - self.config.p * cost)
         return -correct
 
-    def learn_line(self, shared: str, arm: int, prob: float, correct: float, cost: float = 0.0) -> None:
+    def learn_line(
+        self, shared: str, arm: int, prob: float, correct: float, cost: float = 0.0
+    ) -> None:
         """Learn one outcome: arm ``arm`` was chosen with probability ``prob`` and was
         correct ``correct`` ∈ [0, 1] (1/0 for label tasks, a score for explicit rewards)
         at normalised cost ``cost``."""
@@ -297,7 +310,13 @@ class Policy:
         self.updates += 1
 
     def learn(
-        self, vector: np.ndarray, text: str, arm: int, prob: float, correct: float, cost: float = 0.0
+        self,
+        vector: np.ndarray,
+        text: str,
+        arm: int,
+        prob: float,
+        correct: float,
+        cost: float = 0.0,
     ) -> None:
         self.learn_line(self.features.shared(vector, text), arm, prob, correct, cost)
 

@@ -16,7 +16,9 @@ from bandit.errors import ConfigError
 
 def check_p(p: float) -> float:
     if not isinstance(p, int | float) or not math.isfinite(p) or p < 0:
-        raise ConfigError(f"p = {p!r} must be a finite number ≥ 0 (weight of cost against accuracy)")
+        raise ConfigError(
+            f"p = {p!r} must be a finite number ≥ 0 (weight of cost against accuracy)"
+        )
     return float(p)
 
 

@@ -56,7 +56,9 @@ def train_full_information(policy: Policy, data: TrainingData, seed: int = 0) ->
     for _ in range(policy.config.warm_start_passes):
         for i in rng.permutation(len(data)):
             for j in range(policy.n_arms):
-                policy.learn_line(data.shared[i], j, 1.0, float(data.correct[i, j]), float(data.cost[i, j]))
+                policy.learn_line(
+                    data.shared[i], j, 1.0, float(data.correct[i, j]), float(data.cost[i, j])
+                )
     return policy
 
 

@@ -42,10 +42,14 @@ def tune(
     dearest = max(ex.cost_usd[val].mean(0))
     results = []
     for lr, n_pass, words in product(learning_rates, passes, word_features):
-        cfg = base.replace(mode="decoupled", learning_rate=lr, warm_start_passes=n_pass, word_features=words)
+        cfg = base.replace(
+            mode="decoupled", learning_rate=lr, warm_start_passes=n_pass, word_features=words
+        )
         exw = ex if words == ex.config.policy.word_features else ex.with_word_features(words)
         policy = exw.warm_policy(cfg, seed)
-        pts = sweep(exw.correctness(policy, val), exw.reward_cost[val], exw.correct[val], exw.cost_usd[val])
+        pts = sweep(
+            exw.correctness(policy, val), exw.reward_cost[val], exw.correct[val], exw.cost_usd[val]
+        )
         score = aiq([(pt.cost_per_10k / 10_000, pt.acc) for pt in pts], dearest)
         results.append(TrialResult(lr, n_pass, words, score))
     return sorted(results, key=lambda r: -r.val_aiq)

@@ -36,7 +36,9 @@ def rate(fn: Callable[[], int], min_seconds: float = 2.0) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data-dir")
     ap.add_argument("--sentences", type=int, default=512)
     args = ap.parse_args()
@@ -54,7 +56,9 @@ def main() -> None:
         chunk = sentences[:n]
 
         def raw(chunk: list[str] = chunk, model: object = model, batch: int = batch) -> int:
-            model.encode(chunk, batch_size=batch, normalize_embeddings=True, show_progress_bar=False)  # type: ignore[attr-defined]
+            model.encode(
+                chunk, batch_size=batch, normalize_embeddings=True, show_progress_bar=False
+            )  # type: ignore[attr-defined]
             return len(chunk)
 
         def ours(chunk: list[str] = chunk, emb: Embedder = emb) -> int:
@@ -93,12 +97,17 @@ def main() -> None:
         return len(vecs)
 
     r_naive, r_build = rate(naive_build), rate(our_build)
-    print(f"   feature building: naive f-string {r_naive:,.0f}/s, metallm {r_build:,.0f}/s ({r_build / r_naive:.1f}×)")
+    print(
+        f"   feature building: naive f-string {r_naive:,.0f}/s, metallm {r_build:,.0f}/s ({r_build / r_naive:.1f}×)"
+    )
 
     from vowpalwabbit import Workspace
 
     raw_vw = Workspace(policy.config.vw_args(), enable_logging=False)
-    raw_examples = [(fb.predict_example(s), fb.learn_example(s, i % 12, -1.0, 0.5)) for i, s in enumerate(prebuilt)]
+    raw_examples = [
+        (fb.predict_example(s), fb.learn_example(s, i % 12, -1.0, 0.5))
+        for i, s in enumerate(prebuilt)
+    ]
 
     def raw_round() -> int:
         for pred, learn in raw_examples:
@@ -113,8 +122,10 @@ def main() -> None:
         return len(vecs)
 
     r_vw, r_ours = rate(raw_round), rate(our_round)
-    print(f"   raw VW predict+learn on prebuilt lines {r_vw:,.0f}/s; metallm build+decide+learn "
-          f"{r_ours:,.0f}/s (ratio {r_ours / r_vw:.2f})")
+    print(
+        f"   raw VW predict+learn on prebuilt lines {r_vw:,.0f}/s; metallm build+decide+learn "
+        f"{r_ours:,.0f}/s (ratio {r_ours / r_vw:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ def test_imdb_rows_labels_and_texts_agree_with_the_source(data_dir: Path) -> Non
     ds = load_dataset("imdb", data_dir)
     assert len(ds) == 25_000 and ds.arms == ("Google", "Baidu", "Amazon", "GitHub(Vader)")
     with gzip.open(data_dir / "imdb-apis/aclImdb_test_texts.tsv.gz", "rt", encoding="utf-8") as f:
-        source = {row[0]: row[1] for row in (line.split("\t", 2) for line in f.read().split("\n")[1:] if line)}
+        source = {
+            row[0]: row[1]
+            for row in (line.split("\t", 2) for line in f.read().split("\n")[1:] if line)
+        }
     for i in (0, 123, 24_999):
         name = ds.ids[i].removeprefix("imdb-") + ".txt"
         assert ds.labels[i] == {"pos": "positive", "neg": "negative"}[source[name]]
@@ -61,15 +64,21 @@ def test_arc_takes_the_final_question_and_keeps_the_given_test_file(data_dir: Pa
 
 
 def test_arc_prompt_and_response_parsing() -> None:
-    prompt = repr(["Q1?\nA) x\nB) y\nPrint only a single choice.\nAnswer:\nA\n\nQ2?\nA) u\nB) v\nPrint only a single choice  from ...\nAnswer:"])
+    prompt = repr(
+        [
+            "Q1?\nA) x\nB) y\nPrint only a single choice.\nAnswer:\nA\n\nQ2?\nA) u\nB) v\nPrint only a single choice  from ...\nAnswer:"
+        ]
+    )
     assert final_question(prompt) == "Q2?\nA) u\nB) v"
     assert parse_response("['C\\n']") == "C"
 
 
 def test_unknown_data_set_and_missing_folder_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown data set 'mnist'; choose one of: overruling, imdb, arc"):
+    with pytest.raises(
+        ConfigError, match=r"unknown data set .mnist.; choose one of: overruling, imdb, arc"
+    ):
         load_dataset("mnist")
     with pytest.raises(DataNotFoundError, match="METALLM_DATA_DIR"):
         load_dataset("overruling", tmp_path / "nowhere")
-    with pytest.raises(DataNotFoundError, match="overruling.csv is missing"):
+    with pytest.raises(DataNotFoundError, match=r"overruling\.csv is missing"):
         load_dataset("overruling", tmp_path)

@@ -26,10 +26,17 @@ def data(policy: Policy, x: np.ndarray, correct: np.ndarray) -> TrainingData:
 
 @pytest.mark.parametrize("mode", ["decoupled", "paper"])
 def test_full_information_training_learns_the_cost_aware_choice(mode: str) -> None:
-    cfg = PolicyConfig(mode=mode, loss="logistic" if mode == "decoupled" else "squared", p=0.3,
-                       word_features=False, warm_start_passes=3)
-    pol = train_full_information(Policy(cfg, ARMS, COSTS, DIM), data(Policy(cfg, ARMS, COSTS, DIM), *world(1500, 0)))
-    x, correct = world(400, 1)
+    cfg = PolicyConfig(
+        mode=mode,
+        loss="logistic" if mode == "decoupled" else "squared",
+        p=0.3,
+        word_features=False,
+        warm_start_passes=3,
+    )
+    pol = train_full_information(
+        Policy(cfg, ARMS, COSTS, DIM), data(Policy(cfg, ARMS, COSTS, DIM), *world(1500, 0))
+    )
+    x, _ = world(400, 1)
     arms = np.array([d.arm for d in pol.decide(x, greedy=True)])
     # at p = 0.3 the cheap arm is worth it exactly where it is right (1 − .03 > 1 − .3)
     expected = np.where(x[:, 0] > 0, 1, 0)
@@ -47,7 +54,9 @@ def test_decoupled_p_is_applied_at_decision_time() -> None:
     assert (at_zero == 0).mean() > 0.9  # accuracy only: the always-right arm
     assert (at_high == 2).mean() > 0.9  # cost only: the cheapest arm
     with pytest.raises(PolicyError, match="paper mode learned with p"):
-        Policy(PolicyConfig(mode="paper", loss="squared", p=0.1), ARMS, COSTS, DIM).decide(x[:1], p=0.5)
+        Policy(PolicyConfig(mode="paper", loss="squared", p=0.1), ARMS, COSTS, DIM).decide(
+            x[:1], p=0.5
+        )
 
 
 @pytest.mark.parametrize("mode", ["decoupled", "paper"])
@@ -87,9 +96,11 @@ def test_online_bandit_replay_finds_the_right_arm() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"arm": 5, "prob": 0.5, "correct": 1.0}, "out of range"),
-     ({"arm": 0, "prob": 0.0, "correct": 1.0}, r"probability 0.0 must be in \(0, 1\]"),
-     ({"arm": 0, "prob": 0.5, "correct": 2.0}, "correctness")],
+    [
+        ({"arm": 5, "prob": 0.5, "correct": 1.0}, "out of range"),
+        ({"arm": 0, "prob": 0.0, "correct": 1.0}, r"probability 0.0 must be in \(0, 1\]"),
+        ({"arm": 0, "prob": 0.5, "correct": 2.0}, "correctness"),
+    ],
 )
 def test_bad_learning_inputs(kwargs: dict, match: str) -> None:
     pol = Policy(PolicyConfig(), ARMS, COSTS, DIM)

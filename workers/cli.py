@@ -28,7 +28,9 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "metallm"
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, choices=sorted(LOADERS), help="recorded data set to use")
+    p.add_argument(
+        "--dataset", required=True, choices=sorted(LOADERS), help="recorded data set to use"
+    )
     p.add_argument(
         "--data-dir",
         help=f"folder with the recorded data sets (default: ${DATA_DIR_ENV}, else ../shared/data)",
@@ -42,7 +44,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--cache-dir",
         help=f"where embeddings of data sets are cached (default: ${CACHE_DIR_ENV}, else {DEFAULT_CACHE_DIR})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, training order and sampling (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split, training order and sampling (default 0)",
+    )
     p.add_argument(
         "--limit", type=int, help="use a seeded random subset of this many queries (for quick runs)"
     )
@@ -68,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(ev)
     ev.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
-    ev.add_argument("--plot", type=Path, help="write the cost–accuracy frontier as PNG to this file")
+    ev.add_argument(
+        "--plot", type=Path, help="write the cost–accuracy frontier as PNG to this file"
+    )
 
     tu = sub.add_parser(
         "tune",
@@ -84,14 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> RoutingConfig:
     cfg = load_config(args.config) if args.config else builtin_config(args.dataset)
     cache = args.cache_dir or os.environ.get(CACHE_DIR_ENV) or str(DEFAULT_CACHE_DIR)
-    return dataclasses.replace(cfg, embedder=dataclasses.replace(cfg.embedder, cache_dir=str(Path(cache) / "embeddings")))
+    return dataclasses.replace(
+        cfg, embedder=dataclasses.replace(cfg.embedder, cache_dir=str(Path(cache) / "embeddings"))
+    )
 
 
 def _dataset(args: argparse.Namespace) -> Dataset:
     ds = load_dataset(args.dataset, args.data_dir)
     if args.limit:
         if not 10 <= args.limit <= len(ds):
-            raise MetalLMError(f"--limit {args.limit} must be between 10 and {len(ds)} (the data set's size)")
+            raise MetalLMError(
+                f"--limit {args.limit} must be between 10 and {len(ds)} (the data set's size)"
+            )
         ds = ds.subset(np.sort(np.random.default_rng(args.seed).permutation(len(ds))[: args.limit]))
     return ds
 
@@ -132,7 +145,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     ex = Experiment(ds, _embed(ds, cfg), make_split(ds, args.seed), cfg)
     print(f"{'learning_rate':>13} {'passes':>6} {'words':>5} {'val AIQ':>8}")
     for r in tune(ex, cfg.policy, seed=args.seed):
-        print(f"{r.learning_rate:>13g} {r.warm_start_passes:>6} {r.word_features!s:>5} {r.val_aiq:>8.4f}")
+        print(
+            f"{r.learning_rate:>13g} {r.warm_start_passes:>6} {r.word_features!s:>5} {r.val_aiq:>8.4f}"
+        )
     return 0
 
 

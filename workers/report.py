@@ -39,7 +39,15 @@ def print_report(r: EvaluationReport, out: TextIO) -> None:
                     f"vs {budget.acc * 100:.2f}% at {budget.cost_per_10k:.3f} "
                     f"({row.cost_per_10k / budget.cost_per_10k:.0%} of its cost)"
                 )
-                print(_row(f"  budget of {row.budget_of} (p={row.p:.3g})", row.acc, row.cost_per_10k, note), file=out)
+                print(
+                    _row(
+                        f"  budget of {row.budget_of} (p={row.p:.3g})",
+                        row.acc,
+                        row.cost_per_10k,
+                        note,
+                    ),
+                    file=out,
+                )
     a = r.aiq
     print(
         f"  AIQ: router {a['router']:.4f} (paper mode {a['router_paper']:.4f}), zero router "
@@ -47,7 +55,9 @@ def print_report(r: EvaluationReport, out: TextIO) -> None:
         f"{a['router'] - a['zero_router']:+.4f}",
         file=out,
     )
-    print("  online replay (cold start, bandit feedback on train+val once, greedy on test)", file=out)
+    print(
+        "  online replay (cold start, bandit feedback on train+val once, greedy on test)", file=out
+    )
     for o in r.online:
         print(
             f"    p={o.p:g} ε={o.eps:g}: {o.rounds} rounds, progressive {o.progressive_acc * 100:.2f}% "
@@ -71,13 +81,37 @@ def write_plot(r: EvaluationReport, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     for name, pt in r.arms.items():
         ax.scatter(pt.cost_per_10k, pt.acc * 100, color="tab:gray", zorder=3)
-        ax.annotate(name, (pt.cost_per_10k, pt.acc * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            name,
+            (pt.cost_per_10k, pt.acc * 100),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     for mode, color in (("decoupled", "tab:blue"), ("paper", "tab:orange")):
         pts = sorted((p.cost_per_10k, p.acc * 100) for p in r.sweeps.get(mode, []))
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker=".", color=color, label=f"router ({mode} mode, p sweep)")
-    ax.scatter(r.oracle.cost_per_10k, r.oracle.acc * 100, marker="*", s=120, color="tab:green", label="oracle")
-    ax.scatter(r.random.cost_per_10k, r.random.acc * 100, marker="x", color="tab:red", label="random router")
+            ax.plot(
+                *zip(*pts, strict=True),
+                marker=".",
+                color=color,
+                label=f"router ({mode} mode, p sweep)",
+            )
+    ax.scatter(
+        r.oracle.cost_per_10k,
+        r.oracle.acc * 100,
+        marker="*",
+        s=120,
+        color="tab:green",
+        label="oracle",
+    )
+    ax.scatter(
+        r.random.cost_per_10k,
+        r.random.acc * 100,
+        marker="x",
+        color="tab:red",
+        label="random router",
+    )
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("USD per 10k queries (test split)")
     ax.set_ylabel("accuracy %")

@@ -27,4 +27,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
     return LOADERS[name](resolve_data_dir(data_dir))
 
 
-__all__ = ["DATA_DIR_ENV", "LOADERS", "Dataset", "Split", "load_dataset", "make_split", "resolve_data_dir"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "LOADERS",
+    "Dataset",
+    "Split",
+    "load_dataset",
+    "make_split",
+    "resolve_data_dir",
+]

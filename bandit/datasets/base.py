@@ -49,7 +49,9 @@ class Dataset:
         n, k = len(self.ids), len(self.arms)
         for fname in ("texts", "labels", "source_split"):
             if len(getattr(self, fname)) != n:
-                raise DatasetError(f"{self.name}: {fname} has {len(getattr(self, fname))} rows, ids {n}")
+                raise DatasetError(
+                    f"{self.name}: {fname} has {len(getattr(self, fname))} rows, ids {n}"
+                )
         for fname in ("answers", "correct", "cost_usd"):
             if getattr(self, fname).shape != (n, k):
                 raise DatasetError(

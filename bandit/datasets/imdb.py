@@ -18,7 +18,11 @@ TEXT_LABELS = {"pos": "positive", "neg": "negative"}
 
 
 def _read_column(path: Path) -> list[str]:
-    return [line.strip().rstrip(",") for line in require_file(path).read_text().split("\n") if line.strip()]
+    return [
+        line.strip().rstrip(",")
+        for line in require_file(path).read_text().split("\n")
+        if line.strip()
+    ]
 
 
 def load_imdb(data_dir: Path) -> Dataset:

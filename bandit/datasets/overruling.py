@@ -39,5 +39,3 @@ def load_overruling(data_dir: Path) -> Dataset:
         label_set=LABELS,
         source_split=np.full(n, "", dtype=object),
     )
-
-

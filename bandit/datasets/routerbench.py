@@ -12,7 +12,10 @@ import numpy as np
 from bandit.datasets.base import Dataset, require_file
 from bandit.errors import DatasetError
 
-FILES = {"train": "routerbench/arc_challenge_train.csv", "test": "routerbench/arc_challenge_test.csv"}
+FILES = {
+    "train": "routerbench/arc_challenge_train.csv",
+    "test": "routerbench/arc_challenge_test.csv",
+}
 ARMS = (
     "gpt-4-1106-preview", "gpt-3.5-turbo-1106", "claude-instant-v1", "claude-v1", "claude-v2",
     "meta/llama-2-70b-chat", "mistralai/mixtral-8x7b-chat", "mistralai/mistral-7b-chat",
@@ -55,23 +58,31 @@ def load_arc(data_dir: Path) -> Dataset:
             part_rows = list(csv.DictReader(f))
         rows += part_rows
         split += [part] * len(part_rows)
-    missing = [c for a in ARMS for c in (a, f"{a}|model_response", f"{a}|total_cost") if c not in rows[0]]
+    missing = [
+        c for a in ARMS for c in (a, f"{a}|model_response", f"{a}|total_cost") if c not in rows[0]
+    ]
     if missing:
         raise DatasetError(f"routerbench: missing columns {missing}")
     texts = [final_question(r["prompt"]) for r in rows]
-    answers = np.array([[parse_response(r[f"{a}|model_response"]) for a in ARMS] for r in rows], dtype=object)
+    answers = np.array(
+        [[parse_response(r[f"{a}|model_response"]) for a in ARMS] for r in rows], dtype=object
+    )
     # A few correctness cells are empty: the source's README says to treat them as wrong.
     correct = np.array([[float(r[a]) if r[a].strip() else 0.0 for a in ARMS] for r in rows])
     labels = []
     for i in range(len(rows)):
         # The source does not store the answer key; a model marked right reveals it.
-        right = {answers[i, j].rstrip(")").rstrip(":") for j in range(len(ARMS)) if correct[i, j] == 1}
+        right = {
+            answers[i, j].rstrip(")").rstrip(":") for j in range(len(ARMS)) if correct[i, j] == 1
+        }
         labels.append(right.pop() if len(right) == 1 else "")
     letters = sorted({m for t in texts for m in _OPTION.findall(t)})
     return Dataset(
         name="arc",
         # sample_id repeats within and across the two files, so ids are file and row number.
-        ids=np.array([f"arc-{part}-{i}" for part in FILES for i in range(split.count(part))], dtype=object),
+        ids=np.array(
+            [f"arc-{part}-{i}" for part in FILES for i in range(split.count(part))], dtype=object
+        ),
         texts=np.array(texts, dtype=object),
         labels=np.array(labels, dtype=object),
         arms=ARMS,
@@ -81,5 +92,3 @@ def load_arc(data_dir: Path) -> Dataset:
         label_set=tuple(letters),
         source_split=np.array(split, dtype=object),
     )
-
-

@@ -46,5 +46,7 @@ def make_split(ds: Dataset, seed: int = 0) -> Split:
     if n_train == 0 or n_val == 0 or n_train + n_val >= len(ds):
         raise DatasetError(f"{ds.name}: {len(ds)} rows are too few to split")
     return Split(
-        np.sort(perm[:n_train]), np.sort(perm[n_train : n_train + n_val]), np.sort(perm[n_train + n_val :])
+        np.sort(perm[:n_train]),
+        np.sort(perm[n_train : n_train + n_val]),
+        np.sort(perm[n_train + n_val :]),
     )
