@@ -191,7 +191,7 @@ class DiskCache:
                 log.warning("ignoring unreadable embedding cache at %s: %s", path, exc)
             else:
                 if len(keys) == len(vectors):
-                    self._keys = [bytes(k) for k in keys]
+                    self._keys = _decode_keys(keys)
                     self._vectors = vectors
                     self._index = {k: i for i, k in enumerate(self._keys)}
 
@@ -211,11 +211,17 @@ class DiskCache:
     def save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         # Write then rename, so an interrupted run never leaves a half-written cache.
-        for name, arr in (
-            ("keys.npy", np.array(self._keys, dtype="S16")),
-            ("vectors.npy", self._vectors),
-        ):
+        keys = np.frombuffer(b"".join(self._keys), dtype=np.uint8).reshape(-1, 16)
+        for name, arr in (("keys.npy", keys), ("vectors.npy", self._vectors)):
             tmp = self.path / f".{name}.tmp"
             with tmp.open("wb") as f:
                 np.save(f, arr)
             tmp.replace(self.path / name)
+
+
+def _decode_keys(keys: np.ndarray) -> list[bytes]:
+    """Keys are 16-byte digests stored as uint8 rows. Caches written by the first version
+    stored them as "S16", which strips trailing zero bytes; padding puts those back."""
+    if keys.dtype.kind == "S":
+        return [bytes(k).ljust(16, b"\0") for k in keys]
+    return [row.tobytes() for row in np.asarray(keys, dtype=np.uint8).reshape(-1, 16)]

@@ -45,3 +45,14 @@ def test_max_sequence_length_is_configurable() -> None:
 def test_empty_text_is_rejected(embedder: Embedder, texts: list[str]) -> None:
     with pytest.raises(EmbedderError, match="is empty"):
         embedder.embed(texts)
+
+
+def test_disk_cache_keeps_keys_that_end_in_a_zero_byte(tmp_path: Path) -> None:
+    from bandit.embedder import DiskCache, text_key
+
+    text = next(f"query {i}" for i in range(100_000) if text_key(f"query {i}").endswith(b"\0"))
+    store = DiskCache(tmp_path)
+    store.add([text_key(text)], np.ones((1, 384), dtype=np.float32))
+    store.save()
+    (found,) = DiskCache(tmp_path).lookup([text_key(text)])
+    assert found is not None
