@@ -54,6 +54,8 @@ class OnlineRow:
     progressive_cost_per_10k: float
     test_acc: float
     test_cost_per_10k: float
+    mode: str = "decoupled"
+    explorer: str = "epsilon"
 
 
 @dataclass
@@ -137,6 +139,17 @@ class Experiment:
         return Point(*outcome(self.correct[idx], self.cost_usd[idx], arms))
 
 
+def online_replay(ex: Experiment, config: PolicyConfig, rows: np.ndarray, seed: int) -> OnlineRow:
+    """A cold policy sees ``rows`` once with bandit feedback, then runs greedy on test."""
+    policy = ex.new_policy(config)
+    res = train_bandit(policy, ex.data(rows), seed)
+    pt = ex.point(ex.split.test, ex.greedy_choices(policy, ex.split.test))
+    return OnlineRow(
+        config.p, config.epsilon, res.rounds, res.progressive_acc, res.progressive_cost_per_10k,
+        pt.acc, pt.cost_per_10k, config.mode, config.explorer,
+    )  # fmt: skip
+
+
 def evaluate(
     ds: Dataset,
     vectors: np.ndarray,
@@ -146,6 +159,7 @@ def evaluate(
     seed: int = 0,
     paper_p: Sequence[float] = PAPER_P,
     online: Sequence[tuple[float, float]] = ONLINE_SETTINGS,
+    explorers: Sequence[str] = (),
 ) -> EvaluationReport:
     """The paper-style comparison on ``split.test``; see the module docstring."""
     ex = Experiment(ds, vectors, split, config)
@@ -207,24 +221,15 @@ def evaluate(
         "router_paper": aiq([(pt.cost_per_10k, pt.acc) for pt in paper_test.values()], dearest),
     }
 
-    online_rows = []
     replay_rows = np.concatenate([split.train, val])
-    for p, eps in online:
-        pol = ex.new_policy(dcfg.replace(p=float(p), epsilon=float(eps)))
-        res = train_bandit(pol, ex.data(replay_rows), seed)
-        arms_test = ex.greedy_choices(pol, test)
-        online_pt = ex.point(test, arms_test)
-        online_rows.append(
-            OnlineRow(
-                float(p),
-                float(eps),
-                res.rounds,
-                res.progressive_acc,
-                res.progressive_cost_per_10k,
-                online_pt.acc,
-                online_pt.cost_per_10k,
-            )
-        )
+    replays = [dcfg.replace(p=float(p), epsilon=float(eps)) for p, eps in online]
+    # VW's own explorers need paper mode (they explore over VW's scores); at p = 0 the
+    # paper-mode cost is −a, so they learn the same target as the decoupled replays.
+    replays += [
+        config.policy.replace(mode="paper", loss="squared", p=0.0, explorer=name)
+        for name in explorers
+    ]
+    online_rows = [online_replay(ex, cfg, replay_rows, seed) for cfg in replays]
     return EvaluationReport(
         dataset=ds.name,
         split_sizes=split.sizes(),

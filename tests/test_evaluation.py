@@ -26,6 +26,8 @@ def test_evaluate_on_a_slice_beats_the_random_router(data_dir: Path, tmp_path: P
             str(out),
             "--plot",
             str(plot),
+            "--compare-explorers",
+            "squarecb",
         ]
     )
     assert rc == 0
@@ -50,6 +52,8 @@ def test_evaluate_on_a_slice_beats_the_random_router(data_dir: Path, tmp_path: P
             set(row) == {"mode", "p", "budget_of", "acc", "cost_per_10k"} and 0 <= row["acc"] <= 1
         )
     assert {"p", "eps", "rounds", "progressive_acc", "test_acc"} <= set(r["online"][0])
+    assert [(o["mode"], o["explorer"]) for o in r["online"]][-1] == ("paper", "squarecb")
+    assert all(o["rounds"] == 480 for o in r["online"])  # train + validation, once
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -21,6 +21,7 @@ from bandit.config import RoutingConfig, builtin_config, load_config
 from bandit.datasets import DATA_DIR_ENV, LOADERS, Dataset, load_dataset, make_split
 from bandit.embedder import Embedder
 from bandit.errors import MetalLMError
+from bandit.policy import VW_EXPLORERS
 
 log = logging.getLogger("metallm")
 CACHE_DIR_ENV = "METALLM_CACHE_DIR"
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--plot", type=Path, help="write the cost–accuracy frontier as PNG to this file"
     )
+    ev.add_argument(
+        "--compare-explorers",
+        nargs="*",
+        metavar="EXPLORER",
+        choices=VW_EXPLORERS,
+        help="also replay online with Vowpal Wabbit's own explorers (paper mode, p = 0); "
+        f"no names means all: {', '.join(VW_EXPLORERS)}",
+    )
 
     tu = sub.add_parser(
         "tune",
@@ -124,7 +133,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = _dataset(args)
     vectors = _embed(ds, cfg)
     t0 = time.perf_counter()
-    report = evaluate(ds, vectors, make_split(ds, args.seed), cfg, seed=args.seed)
+    explorers = args.compare_explorers
+    if explorers is not None and not explorers:
+        explorers = list(VW_EXPLORERS)
+    report = evaluate(
+        ds, vectors, make_split(ds, args.seed), cfg, seed=args.seed, explorers=explorers or ()
+    )
     log.info("evaluation done in %.1f s", time.perf_counter() - t0)
     print_report(report, sys.stdout)
     if args.json:

@@ -60,7 +60,7 @@ def print_report(r: EvaluationReport, out: TextIO) -> None:
     )
     for o in r.online:
         print(
-            f"    p={o.p:g} ε={o.eps:g}: {o.rounds} rounds, progressive {o.progressive_acc * 100:.2f}% "
+            f"    {o.mode} {o.explorer} p={o.p:g} ε={o.eps:g}: {o.rounds} rounds, progressive {o.progressive_acc * 100:.2f}% "
             f"at {o.progressive_cost_per_10k:.3f}; test {o.test_acc * 100:.2f}% at {o.test_cost_per_10k:.3f}",
             file=out,
         )
