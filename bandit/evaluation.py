@@ -229,7 +229,7 @@ def evaluate(
         config.policy.replace(mode="paper", loss="squared", p=0.0, explorer=name)
         for name in explorers
     ]
-    online_rows = [online_replay(ex, cfg, replay_rows, seed) for cfg in replays]
+    online_rows = [online_replay(ex, cfg.for_online(), replay_rows, seed) for cfg in replays]
     return EvaluationReport(
         dataset=ds.name,
         split_sizes=split.sizes(),

@@ -51,6 +51,9 @@ class PolicyConfig:
     ``explorer_param``: softmax λ (inverse temperature), bag size, cover size or squarecb γ
     scale, depending on ``explorer``; None takes the explorer's default.
     ``warm_start_passes``: passes over the training rows in full-information warm start.
+    ``online_learning_rate``: the learning rate of a policy that starts cold and learns from
+    bandit feedback alone (one pass, importance-weighted); None means ``learning_rate``,
+    which is tuned for the multi-pass full-information warm start.
     ``cost_mode``: ``fixed`` uses each arm's fixed normalised cost (the paper's default),
     ``dynamic`` the query's own recorded cost on the same scale.
     """
@@ -63,6 +66,7 @@ class PolicyConfig:
     cb_type: str = "mtr"
     loss: str = "logistic"
     learning_rate: float = DEFAULT_LEARNING_RATE
+    online_learning_rate: float | None = None
     power_t: float = 0.5
     l2: float = 0.0
     word_features: bool = True
@@ -93,6 +97,12 @@ class PolicyConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= low:
                 raise ConfigError(f"policy.{name} = {value} must be a finite number > {low:g}")
+        if self.online_learning_rate is not None and not (
+            math.isfinite(self.online_learning_rate) and self.online_learning_rate > 0
+        ):
+            raise ConfigError(
+                f"policy.online_learning_rate = {self.online_learning_rate} must be a finite number > 0"
+            )
         if self.warm_start_passes < 1:
             raise ConfigError(f"policy.warm_start_passes = {self.warm_start_passes} must be ≥ 1")
         if self.explorer_param is not None and self.explorer_param <= 0:
@@ -110,6 +120,10 @@ class PolicyConfig:
 
     def replace(self, **changes: Any) -> PolicyConfig:
         return PolicyConfig(**{**asdict(self), **changes})
+
+    def for_online(self) -> PolicyConfig:
+        """This config with the learning rate a cold-started bandit learner uses."""
+        return self.replace(learning_rate=self.online_learning_rate or self.learning_rate)
 
     def vw_args(self) -> str:
         """The Vowpal Wabbit command line this config stands for."""

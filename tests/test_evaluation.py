@@ -67,3 +67,31 @@ def test_bad_settings_end_in_one_clear_line(
         and err.startswith("metallm: error: recorded data sets not found")
         and err.count("\n") == 1
     )
+
+
+def test_tuning_ranks_trials_without_touching_test(data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from bandit.config import builtin_config
+    from bandit.datasets import load_dataset, make_split
+    from bandit.evaluation import Experiment
+    from bandit.tuning import tune, tune_online
+
+    ds = load_dataset("overruling", data_dir)
+    ds = ds.subset(np.arange(300))
+    split = make_split(ds)
+    cfg = builtin_config("overruling")
+    ex = Experiment(ds, embedder.embed(list(ds.texts)), split, cfg)
+    trials = tune(
+        ex, cfg.policy, learning_rates=(0.1, 1.0), passes=(1,), word_features=(True, False)
+    )
+    assert len(trials) == 4 and {(t.learning_rate, t.word_features) for t in trials} == {
+        (0.1, True),
+        (0.1, False),
+        (1.0, True),
+        (1.0, False),
+    }
+    assert [t.val_aiq for t in trials] == sorted((t.val_aiq for t in trials), reverse=True)
+    online = tune_online(ex, cfg.policy, learning_rates=(0.05, 0.5))
+    assert [o.online_learning_rate for o in online] in ([0.05, 0.5], [0.5, 0.05])
+    assert online[0].progressive_acc >= online[1].progressive_acc > 0.4

@@ -90,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser(
         "tune",
-        help="pick learning rate, passes and word features on validation",
+        help="pick learning rates, passes and word features without looking at test",
         description="Grid-search the policy's learning rate, warm-start passes and word features "
-        "by the router's AIQ on the validation split; prints every trial, best first. Put the "
-        "winner in the [policy] table of the config.",
+        "by the router's AIQ on the validation split, and the cold-start online learning rate by "
+        "progressive accuracy over train+validation; prints every trial, best first. Put the "
+        "winners in the [policy] table of the config.",
     )
     _add_common(tu)
     return parser
@@ -152,15 +153,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from bandit.evaluation import Experiment
-    from bandit.tuning import tune
+    from bandit.tuning import tune, tune_online
 
     cfg = _config(args)
     ds = _dataset(args)
     ex = Experiment(ds, _embed(ds, cfg), make_split(ds, args.seed), cfg)
+    print("warm start (full information on train), by the router's AIQ on validation:")
     print(f"{'learning_rate':>13} {'passes':>6} {'words':>5} {'val AIQ':>8}")
     for r in tune(ex, cfg.policy, seed=args.seed):
         print(
             f"{r.learning_rate:>13g} {r.warm_start_passes:>6} {r.word_features!s:>5} {r.val_aiq:>8.4f}"
+        )
+    eps = cfg.policy.epsilon
+    print(f"\ncold start, ε-greedy (ε = {eps:g}, p = 0), by progressive accuracy on train+val:")
+    print(f"{'online_learning_rate':>20} {'progressive acc':>15} {'USD/10k':>8}")
+    for o in tune_online(ex, cfg.policy, seed=args.seed):
+        print(
+            f"{o.online_learning_rate:>20g} {o.progressive_acc:>15.4f} {o.progressive_cost_per_10k:>8.3f}"
         )
     return 0
 
