@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from bandit.errors import PolicyError
 
 _WORD = re.compile(r"[a-z0-9]+")
 # Decimal digits kept per embedding value; unit vectors of 384 dims have entries ≈ 0.05,
@@ -35,17 +37,20 @@ class FeatureBuilder:
     dim: int
     word_features: bool = True
     decimals: int = DEFAULT_DECIMALS
+    # Derived once here, so that the per-query work is one % operation.
+    _fmt: str = field(init=False, repr=False, compare=False)
+    arm_lines: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fmt = "shared |x " + " ".join(f"{i}:%.{self.decimals}f" for i in range(self.dim))
         object.__setattr__(self, "_fmt", fmt)
-        object.__setattr__(self, "_arm_lines", tuple(f"|a {arm_token(n)}" for n in self.arm_names))
+        object.__setattr__(self, "arm_lines", tuple(f"|a {arm_token(n)}" for n in self.arm_names))
 
     def shared(self, vector: np.ndarray, text: str = "") -> str:
         """The shared line for one query; vector shape (dim,)."""
         if vector.shape != (self.dim,):
-            raise ValueError(f"embedding has shape {vector.shape}, expected ({self.dim},)")
-        line: str = self._fmt % tuple(vector.tolist())  # type: ignore[attr-defined]
+            raise PolicyError(f"embedding has shape {vector.shape}, expected ({self.dim},)")
+        line = self._fmt % tuple(vector.tolist())
         if self.word_features and text:
             line += " |w " + " ".join(_WORD.findall(text.lower()))
         return line
@@ -54,10 +59,6 @@ class FeatureBuilder:
         """Shared lines for a batch; vectors shape (n, dim)."""
         texts = texts if texts is not None else [""] * len(vectors)
         return [self.shared(v, t) for v, t in zip(vectors, texts, strict=True)]
-
-    @property
-    def arm_lines(self) -> tuple[str, ...]:
-        return self._arm_lines  # type: ignore[attr-defined]
 
     def predict_example(self, shared: str) -> list[str]:
         return [shared, *self.arm_lines]
