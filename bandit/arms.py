@@ -65,6 +65,10 @@ class Arm:
             if getattr(self, fname) < 0:
                 raise ConfigError(f"arm {self.name!r}: {fname} must be ≥ 0")
 
+    def render(self, text: str) -> str:
+        """The prompt this arm is sent for query ``text`` (other braces stay as they are)."""
+        return self.prompt_template.replace("{text}", text)
+
     def cost_usd(self, tokens_in: int, tokens_out: int) -> float:
         """USD for one call that used ``tokens_in`` prompt and ``tokens_out`` completion tokens."""
         return (

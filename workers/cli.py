@@ -97,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
         "winners in the [policy] table of the config.",
     )
     _add_common(tu)
+
+    rp = sub.add_parser(
+        "replay-llm",
+        help="serve recorded answers of real LLMs over the OpenAI and Bedrock protocols",
+        description="A local LLM stand-in: answers POST /v1/chat/completions (OpenAI) and "
+        "POST /model/{modelId}/converse (Bedrock Runtime) with what that real model answered "
+        "to the same query in a recorded data set, with token usage that reproduces the "
+        "recorded cost under the arm's prices. Runs until SIGTERM or Ctrl-C.",
+    )
+    _add_common(rp)
+    rp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    rp.add_argument("--port", type=int, default=8089, help="port to listen on (default 8089)")
+    rp.add_argument("--latency-ms", type=float, default=0.0, help="mean injected latency (ms)")
+    rp.add_argument("--latency-sd-ms", type=float, default=0.0, help="its standard deviation (ms)")
+    rp.add_argument(
+        "--error-rate", type=float, default=0.0, help="share of requests answered with HTTP 503"
+    )
     return parser
 
 
@@ -174,7 +191,32 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "tune": cmd_tune}
+def cmd_replay_llm(args: argparse.Namespace) -> int:
+    import signal
+
+    from workers.replay_server import Faults, ReplayBook, ReplayServer
+
+    cfg = load_config(args.config) if args.config else builtin_config(args.dataset)
+    faults = Faults(args.latency_ms, args.latency_sd_ms, args.error_rate, args.seed)
+    server = ReplayServer(ReplayBook(_dataset(args), cfg), faults, args.host, args.port)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(
+        f"replay-llm: {args.dataset} on {server.url} (OpenAI base_url {server.url}/v1)", flush=True
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "tune": cmd_tune, "replay-llm": cmd_replay_llm}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

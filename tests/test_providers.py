@@ -1,0 +1,156 @@
+"""The openai and bedrock providers, with the real clients, against the replay LLM server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bandit.config import RoutingConfig, builtin_config
+from bandit.datasets import Dataset, load_dataset
+from workers.providers.base import ProviderError
+from workers.providers.bedrock import BedrockProvider
+from workers.providers.openai import OpenAIProvider
+from workers.replay_server import Faults, ReplayBook, ReplayServer
+
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+ROWS = (0, 7, 1400)
+
+
+@pytest.fixture(scope="module")
+def recorded(data_dir: Path) -> tuple[Dataset, RoutingConfig]:
+    return load_dataset("arc", data_dir), builtin_config("arc")
+
+
+@pytest.fixture(scope="module")
+def server(recorded: tuple[Dataset, RoutingConfig]) -> Iterator[ReplayServer]:
+    srv = ReplayServer(ReplayBook(*recorded)).start()
+    yield srv
+    srv.stop()
+
+
+def openai_provider(url: str, model: str) -> OpenAIProvider:
+    return OpenAIProvider(model, api_key="sk-local-test", base_url=f"{url}/v1", timeout_s=5)
+
+
+def bedrock_provider(url: str, model: str) -> BedrockProvider:
+    return BedrockProvider(
+        model, region="us-east-1", access_key_id="AKIDLOCALTEST", secret_access_key="local-secret",
+        endpoint_url=url, timeout_s=5,
+    )  # fmt: skip
+
+
+PROVIDERS = {"openai": openai_provider, "bedrock": bedrock_provider}
+
+
+async def ask(provider, prompt: str):  # type: ignore[no-untyped-def]
+    try:
+        return await provider.complete(prompt)
+    finally:
+        await provider.close()
+
+
+@pytest.mark.parametrize("kind", sorted(PROVIDERS))
+@pytest.mark.parametrize("arm_name", ["gpt-4-1106-preview", "meta/llama-2-70b-chat"])
+def test_answers_usage_and_cost_match_the_recording(
+    kind: str, arm_name: str, recorded: tuple[Dataset, RoutingConfig], server: ReplayServer
+) -> None:
+    ds, cfg = recorded
+    arm = cfg.arms.arm(arm_name)
+    j = ds.arms.index(arm_name)
+    for i in ROWS:
+        prompt = arm.render(ds.texts[i])
+        c = asyncio.run(ask(PROVIDERS[kind](server.url, arm.model_id), prompt))
+        assert c.text == ds.answers[i, j]
+        assert c.tokens_in > 0 and c.tokens_out >= 1
+        assert arm.cost_usd(c.tokens_in, c.tokens_out) == pytest.approx(ds.cost_usd[i, j], abs=1e-8)
+
+
+@pytest.mark.parametrize("kind", sorted(PROVIDERS))
+def test_unknown_model_and_unknown_query_are_client_errors(kind: str, server: ReplayServer) -> None:
+    with pytest.raises(ProviderError, match="unknown model 'gpt-5'") as err:
+        asyncio.run(ask(PROVIDERS[kind](server.url, "gpt-5"), "hello"))
+    assert err.value.kind == "client" and not err.value.retryable
+    with pytest.raises(ProviderError, match="no recorded answer") as err:
+        asyncio.run(ask(PROVIDERS[kind](server.url, "claude-v1"), "a question nobody asked"))
+    assert not err.value.retryable
+
+
+@pytest.mark.parametrize("kind", sorted(PROVIDERS))
+def test_injected_failures_are_retryable_server_errors(
+    kind: str, recorded: tuple[Dataset, RoutingConfig]
+) -> None:
+    ds, cfg = recorded
+    failing = ReplayServer(ReplayBook(ds, cfg), Faults(error_rate=1.0)).start()
+    try:
+        with pytest.raises(ProviderError) as err:
+            asyncio.run(ask(PROVIDERS[kind](failing.url, "claude-v1"), ds.texts[0]))
+        assert err.value.retryable and err.value.kind == "server" and err.value.status == 503
+        assert failing.errors == failing.requests == 1
+    finally:
+        failing.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(PROVIDERS))
+def test_nothing_listening_is_a_retryable_connection_error(kind: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ProviderError) as err:
+        asyncio.run(ask(PROVIDERS[kind](f"http://127.0.0.1:{port}", "m"), "hi"))
+    assert err.value.kind == "connection" and err.value.retryable
+
+
+def test_injected_latency_is_applied(recorded: tuple[Dataset, RoutingConfig]) -> None:
+    ds, cfg = recorded
+    slow = ReplayServer(ReplayBook(ds, cfg), Faults(latency_ms=200)).start()
+    try:
+        arm = cfg.arms.arm("claude-v1")
+        t0 = time.perf_counter()
+        asyncio.run(
+            ask(
+                openai_provider(slow.url, arm.model_id),
+                arm.render(ds.texts[0]),
+            )
+        )
+        assert time.perf_counter() - t0 >= 0.2
+    finally:
+        slow.stop()
+
+
+def test_replay_llm_command_serves_until_stopped(data_dir: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "replay-llm", "--dataset", "overruling",
+         "--data-dir", str(data_dir), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    assert b"gpt-4" in r.read()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "replay-llm did not come up in 30 s"
+                time.sleep(0.2)
+        ds = load_dataset("overruling", data_dir)
+        arm = builtin_config("overruling").arms.arm("gpt-3.5-turbo")
+        c = asyncio.run(ask(openai_provider(f"http://127.0.0.1:{port}", arm.model_id),
+                            arm.render(ds.texts[3])))  # fmt: skip
+        assert c.text == ds.answers[3, ds.arms.index("gpt-3.5-turbo")]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0

@@ -1,0 +1,269 @@
+"""A local LLM stand-in that replays what real models answered to the same queries.
+
+It speaks two wire protocols, so the real ``openai`` and ``boto3`` clients talk to it:
+
+- OpenAI chat completions: ``POST /v1/chat/completions`` (``model`` = the arm's model id)
+- Bedrock Runtime Converse: ``POST /model/{modelId}/converse``
+
+For each prompt it finds the query (by undoing the arm's prompt template), answers with
+that model's recorded answer, and reports token usage that makes the arm's price give the
+recorded cost. Latency (normal, in ms) and an error rate can be injected for testing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+
+from bandit.arms import Arm
+from bandit.config import RoutingConfig
+from bandit.datasets import Dataset
+from bandit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplayAnswer:
+    text: str
+    tokens_in: int
+    tokens_out: int
+
+
+class ReplayBook:
+    """Recorded answers by (model id, prompt)."""
+
+    def __init__(self, ds: Dataset, config: RoutingConfig) -> None:
+        self._rows = {str(t): i for i, t in enumerate(ds.texts)}
+        self._arms: dict[str, tuple[Arm, int]] = {}
+        for arm in config.arms.arms:
+            if arm.name not in ds.arms:
+                raise ConfigError(
+                    f"arm {arm.name!r} has no recorded answers in data set {ds.name!r}"
+                )
+            self._arms[arm.model_id] = (arm, ds.arms.index(arm.name))
+        self._ds = ds
+
+    @property
+    def model_ids(self) -> list[str]:
+        return list(self._arms)
+
+    def answer(self, model_id: str, prompt: str) -> ReplayAnswer:
+        if model_id not in self._arms:
+            raise LookupError(
+                f"unknown model {model_id!r}; this replay server has: {', '.join(self._arms)}"
+            )
+        arm, col = self._arms[model_id]
+        prefix, _, suffix = arm.prompt_template.partition("{text}")
+        text = prompt
+        if prompt.startswith(prefix) and prompt.endswith(suffix):
+            text = prompt[len(prefix) : len(prompt) - len(suffix)]
+        row = self._rows.get(text)
+        if row is None:
+            raise LookupError(
+                f"no recorded answer of {model_id!r} for this prompt (not a query of {self._ds.name!r})"
+            )
+        answer = str(self._ds.answers[row, col])
+        return ReplayAnswer(
+            answer, *usage_for_cost(arm, float(self._ds.cost_usd[row, col]), answer)
+        )
+
+
+def usage_for_cost(arm: Arm, cost_usd: float, answer: str) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) whose price under ``arm`` is ``cost_usd``, as near
+    as whole tokens allow; completion tokens are the answer's words (at least 1)."""
+    tokens_out = max(1, len(answer.split()))
+    rest = cost_usd - arm.price_per_call_usd - tokens_out * arm.price_per_1k_output_usd / 1000
+    if arm.price_per_1k_input_usd <= 0:
+        return 0, tokens_out
+    return max(0, round(rest * 1000 / arm.price_per_1k_input_usd)), tokens_out
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Injected behaviour: latency ~ Normal(mean, sd) ms (≥ 0); errors with probability rate."""
+
+    latency_ms: float = 0.0
+    latency_sd_ms: float = 0.0
+    error_rate: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.latency_ms < 0 or self.latency_sd_ms < 0:
+            raise ConfigError("replay latency must be ≥ 0 ms")
+        if not 0 <= self.error_rate <= 1:
+            raise ConfigError(f"replay error rate {self.error_rate} must be in [0, 1]")
+
+
+class ReplayServer:
+    """Serves a ReplayBook over HTTP on ``host:port`` (port 0 picks a free one)."""
+
+    def __init__(
+        self, book: ReplayBook, faults: Faults | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.book = book
+        self.faults = faults or Faults()
+        self._rng = np.random.default_rng(self.faults.seed)
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.errors = 0
+        self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> ReplayServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="replay-llm", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def draw(self) -> tuple[float, bool]:
+        """(seconds to wait, whether to fail) for one request."""
+        f = self.faults
+        with self._lock:
+            self.requests += 1
+            delay = (
+                max(0.0, self._rng.normal(f.latency_ms, f.latency_sd_ms)) / 1000
+                if f.latency_ms
+                else 0.0
+            )
+            fail = bool(f.error_rate and self._rng.random() < f.error_rate)
+            self.errors += fail
+        return delay, fail
+
+
+def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("replay: " + format, *args)
+
+        def _send(
+            self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+        ) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._send(200, {"status": "ok", "models": server.book.model_ids})
+            else:
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                self._send(
+                    400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}
+                )
+                return
+            if self.path.rstrip("/") == "/v1/chat/completions":
+                self._openai(body)
+            elif self.path.startswith("/model/") and self.path.endswith("/converse"):
+                self._bedrock(unquote(self.path[len("/model/") : -len("/converse")]), body)
+            else:
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+        def _openai(self, body: dict[str, Any]) -> None:
+            delay, fail = server.draw()
+            time.sleep(delay)
+            if fail:
+                self._send(503, {"error": {"message": "injected failure", "type": "server_error"}})
+                return
+            messages = body.get("messages") or []
+            prompt = str(messages[-1].get("content", "")) if messages else ""
+            try:
+                ans = server.book.answer(str(body.get("model", "")), prompt)
+            except LookupError as exc:
+                self._send(404, {"error": {"message": str(exc), "type": "invalid_request_error"}})
+                return
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": ans.text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": ans.tokens_in,
+                        "completion_tokens": ans.tokens_out,
+                        "total_tokens": ans.tokens_in + ans.tokens_out,
+                    },
+                },
+            )
+
+        def _bedrock(self, model_id: str, body: dict[str, Any]) -> None:
+            delay, fail = server.draw()
+            time.sleep(delay)
+            if fail:
+                self._send(
+                    503,
+                    {"__type": "ServiceUnavailableException", "message": "injected failure"},
+                    {"x-amzn-ErrorType": "ServiceUnavailableException"},
+                )
+                return
+            messages = body.get("messages") or []
+            blocks = messages[-1].get("content", []) if messages else []
+            prompt = "".join(b.get("text", "") for b in blocks)
+            try:
+                ans = server.book.answer(model_id, prompt)
+            except LookupError as exc:
+                self._send(
+                    404,
+                    {"__type": "ResourceNotFoundException", "message": str(exc)},
+                    {"x-amzn-ErrorType": "ResourceNotFoundException"},
+                )
+                return
+            self._send(
+                200,
+                {
+                    "output": {"message": {"role": "assistant", "content": [{"text": ans.text}]}},
+                    "stopReason": "end_turn",
+                    "usage": {
+                        "inputTokens": ans.tokens_in,
+                        "outputTokens": ans.tokens_out,
+                        "totalTokens": ans.tokens_in + ans.tokens_out,
+                    },
+                    "metrics": {"latencyMs": int(delay * 1000)},
+                },
+            )
+
+    return Handler
