@@ -1,0 +1,282 @@
+"""The router worker: queries stream → embed → decide → dispatch → responses stream.
+
+One batch at a time: read (claimed stale entries first, then new ones), embed the batch
+at once, decide every query, store the decision records, call the chosen arms
+concurrently, write the responses and acknowledge — a query is acknowledged only after its
+response is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bandit.config import RoutingConfig
+from bandit.embedder import Embedder
+from bandit.policy import Decision, Policy
+from workers.answers import parse_label
+from workers.metrics import Metrics
+from workers.providers import Completion, Provider, ProviderError
+from workers.retry import RetryPolicy
+from workers.settings import ROUTERS_GROUP, Keys, ServiceSettings
+from workers.streams import Entry, claim_stale, dead_letter, ensure_group, read_new
+
+log = logging.getLogger(__name__)
+DECISION_GRACE_S = 600  # decision records outlive the reward wait by this much
+
+
+class BadQuery(ValueError):
+    """A query entry that can never be answered (goes to the dead-letter stream)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    entry: Entry
+    id: str
+    text: str
+    labels: tuple[str, ...]
+    meta: str
+
+
+@dataclass
+class Answer:
+    arm: int
+    completion: Completion | None
+    fell_back: bool
+    error: str
+    latency_s: float
+
+
+def parse_query(entry: Entry, config: RoutingConfig) -> Query:
+    f = entry.fields
+    qid, text = f.get("id", "").strip(), f.get("text", "")
+    if not qid:
+        raise BadQuery("missing field 'id'")
+    if not text.strip():
+        raise BadQuery("missing or empty field 'text'")
+    task = f.get("task", "").strip()
+    if task and task != config.task.name:
+        raise BadQuery(f"unknown task {task!r}; this router serves {config.task.name!r}")
+    labels = config.task.labels
+    if f.get("labels"):
+        try:
+            parsed = json.loads(f["labels"])
+        except ValueError as exc:
+            raise BadQuery(f"field 'labels' is not JSON: {exc}") from None
+        if (
+            not isinstance(parsed, list)
+            or not parsed
+            or not all(isinstance(x, str) for x in parsed)
+        ):
+            raise BadQuery("field 'labels' must be a non-empty JSON list of strings")
+        labels = tuple(parsed)
+    if f.get("meta"):
+        try:
+            json.loads(f["meta"])
+        except ValueError as exc:
+            raise BadQuery(f"field 'meta' is not JSON: {exc}") from None
+    return Query(entry, qid, text, labels, f.get("meta", ""))
+
+
+class Router:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        config: RoutingConfig,
+        policy: Policy,
+        embedder: Embedder,
+        providers: dict[str, Provider],
+        redis: aioredis.Redis,
+        metrics: Metrics,
+    ) -> None:
+        self.settings, self.config, self.policy = settings, config, policy
+        self.embedder, self.providers, self.r, self.m = embedder, providers, redis, metrics
+        self.keys = Keys(settings.prefix)
+        self.consumer = settings.consumer or f"router-{random.getrandbits(32):08x}"
+        self.retry = RetryPolicy(
+            settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s
+        )
+        self._in_flight = asyncio.Semaphore(settings.max_in_flight)
+        self._per_provider = {
+            name: asyncio.Semaphore(settings.provider_concurrency) for name in providers
+        }
+        self._rng = random.Random(policy.config.seed)
+        self._last_reload_check = 0.0
+        self._last_claim = 0.0
+        self.answered = 0
+        m = metrics
+        m.model_version.set(policy.version)
+
+    # -- the loop ------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_group(self.r, self.keys.queries, ROUTERS_GROUP)
+        log.info("router %s reading %s", self.consumer, self.keys.queries)
+        while not stop.is_set():
+            await self.step()
+
+    async def step(self) -> int:
+        """Read one batch and answer it; returns how many entries were handled."""
+        await self.maybe_reload()
+        entries = await self.read_batch()
+        if entries:
+            await self.process(entries)
+        return len(entries)
+
+    async def read_batch(self) -> list[Entry]:
+        s = self.settings
+        entries: list[Entry] = []
+        now = time.monotonic()
+        if now - self._last_claim >= s.claim_idle_ms / 2000:
+            self._last_claim = now
+            entries = await claim_stale(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
+                                        s.claim_idle_ms, s.batch_size)  # fmt: skip
+        if len(entries) < s.batch_size:
+            entries += await read_new(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
+                                      s.batch_size - len(entries), s.block_ms)  # fmt: skip
+        return entries
+
+    async def process(self, entries: list[Entry]) -> None:
+        t0 = time.perf_counter()
+        self.m.batch_size.observe(len(entries))
+        queries: list[Query] = []
+        for e in entries:
+            if e.deliveries > self.settings.max_deliveries:
+                await self._dead(
+                    e,
+                    "deliveries",
+                    f"delivered {e.deliveries} times (max {self.settings.max_deliveries})",
+                )
+                continue
+            try:
+                queries.append(parse_query(e, self.config))
+            except BadQuery as exc:
+                await self._dead(e, "parse", str(exc))
+        if not queries:
+            return
+        with self.m.stage.labels("embed").time():
+            vectors = await asyncio.to_thread(self.embedder.embed, [q.text for q in queries])
+        with self.m.stage.labels("decide").time():
+            shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
+            decisions = self.policy.decide_lines(shared)
+        await self._store_decisions(queries, decisions, shared)
+        with self.m.stage.labels("dispatch").time():
+            answers = await asyncio.gather(
+                *(self.answer(q, d) for q, d in zip(queries, decisions, strict=True))
+            )
+        await self._write_responses(queries, decisions, answers)
+        elapsed = time.perf_counter() - t0
+        for _ in queries:
+            self.m.latency.observe(elapsed)
+        self.answered += len(queries)
+
+    # -- steps ---------------------------------------------------------------------------
+    async def _dead(self, entry: Entry, stage: str, error: str) -> None:
+        await dead_letter(
+            self.r, self.keys.dead, self.keys.queries, ROUTERS_GROUP, entry, stage, error
+        )
+        self.m.dead_letters.labels(stage).inc()
+
+    async def _store_decisions(
+        self, queries: list[Query], decisions: list[Decision], shared: list[str]
+    ) -> None:
+        ttl = int(self.settings.reward_wait_s + DECISION_GRACE_S)
+        async with self.r.pipeline(transaction=False) as pipe:
+            for q, d, line in zip(queries, decisions, shared, strict=True):
+                key = self.keys.decision(q.id)
+                pipe.hset(key, mapping={
+                    "shared": line, "arm": d.arm, "arm_name": self.policy.arm_names[d.arm],
+                    "prob": repr(d.prob), "pmf": json.dumps(d.pmf.tolist()),
+                    "cost": repr(float(self.policy.costs[d.arm])), "model_version": d.model_version,
+                    "p": repr(self.policy.config.p), "labels": json.dumps(q.labels), "decided_at": repr(time.time()),
+                })  # fmt: skip
+                pipe.expire(key, ttl)
+                self.m.explored.labels("explored" if d.explored else "exploited").inc()
+            await pipe.execute()
+
+    async def answer(self, q: Query, d: Decision) -> Answer:
+        """Call the chosen arm; on failure retry with backoff, then fall back down the
+        policy's order. Never raises: the Answer carries the error."""
+        t0 = time.perf_counter()
+        errors: list[str] = []
+        for rank, arm in enumerate(d.fallback_order()):
+            name = self.policy.arm_names[arm]
+            provider = self.providers[name]
+            prompt = self.config.arms.arms[arm].render(q.text)
+            for attempt in range(1, self.retry.max_attempts + 1):
+                try:
+                    async with self._in_flight, self._per_provider[name]:
+                        self.m.in_flight.inc()
+                        try:
+                            completion = await provider.complete(prompt)
+                        finally:
+                            self.m.in_flight.dec()
+                    if rank:
+                        self.m.fallbacks.labels(self.policy.arm_names[d.arm]).inc()
+                    return Answer(arm, completion, rank > 0, "", time.perf_counter() - t0)
+                except ProviderError as exc:
+                    self.m.provider_errors.labels(name, exc.kind).inc()
+                    errors.append(f"{name}: {exc}")
+                    if not exc.retryable or attempt == self.retry.max_attempts:
+                        break
+                    await asyncio.sleep(self.retry.delay(attempt, self._rng))
+        self.m.failed.inc()
+        return Answer(d.arm, None, False, "; ".join(errors)[-2000:], time.perf_counter() - t0)
+
+    async def _write_responses(
+        self, queries: list[Query], decisions: list[Decision], answers: list[Answer]
+    ) -> None:
+        now = time.time()
+        async with self.r.pipeline(transaction=True) as pipe:
+            for q, d, a in zip(queries, decisions, answers, strict=True):
+                arm = self.config.arms.arms[a.arm]
+                c = a.completion
+                label = (parse_label(c.text, q.labels) or "") if c else ""
+                cost = arm.cost_usd(c.tokens_in, c.tokens_out) if c else 0.0
+                fields: dict[Any, Any] = {
+                    "id": q.id, "arm": arm.name, "answer": c.text if c else "", "label": label,
+                    "prob": repr(d.prob), "explored": int(d.explored), "fallback": int(a.fell_back),
+                    "cost_usd": repr(cost), "tokens_in": c.tokens_in if c else 0,
+                    "tokens_out": c.tokens_out if c else 0, "latency_ms": round(a.latency_s * 1000, 1),
+                    "model_version": d.model_version, "error": a.error,
+                }  # fmt: skip
+                if q.meta:
+                    fields["meta"] = q.meta
+                pipe.xadd(self.keys.responses, fields)
+                key = self.keys.decision(q.id)
+                pipe.hset(key, mapping={"label": label, "answered_by": arm.name, "fallback": int(a.fell_back),
+                                        "failed": int(c is None), "cost_usd": repr(cost)})  # fmt: skip
+                pipe.zadd(self.keys.awaiting, {q.id: now + self.settings.reward_wait_s})
+                pipe.xack(self.keys.queries, ROUTERS_GROUP, q.entry.id)
+                if c is not None:
+                    self.m.routed.labels(arm.name).inc()
+                    self.m.spend.labels(arm.name).inc(cost)
+            await pipe.execute()
+
+    # -- model snapshots -----------------------------------------------------------------
+    async def maybe_reload(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if not force and now - self._last_reload_check < self.settings.reload_check_s:
+            return False
+        self._last_reload_check = now
+        raw = await self.r.get(self.keys.model_version)
+        if raw is None or int(raw) <= self.policy.version:
+            return False
+        data = await self.r.get(self.keys.model_bytes)
+        if not data:
+            return False
+        blob: Any = data
+        policy = await asyncio.to_thread(Policy.from_bytes, bytes(blob))
+        if policy.version <= self.policy.version:
+            return False
+        self.policy = policy
+        self.m.model_version.set(policy.version)
+        self.m.model_published.set(time.time())
+        log.info("router %s loaded model version %d", self.consumer, policy.version)
+        return True

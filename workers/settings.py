@@ -1,0 +1,150 @@
+"""Settings of the stream workers: one frozen dataclass, from options and METALLM_* env."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from bandit.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "metallm:"
+DEFAULT_BATCH_SIZE = 32  # queries per XREADGROUP; the embedder's sweet spot on CPU
+DEFAULT_BLOCK_MS = 200
+DEFAULT_MAX_IN_FLIGHT = 256  # LLM calls at once, all providers
+DEFAULT_PROVIDER_CONCURRENCY = 64  # LLM calls at once, per provider
+DEFAULT_MAX_ATTEMPTS = 3  # per arm, before falling back to the next-best arm
+DEFAULT_BACKOFF_BASE_S = 0.1
+DEFAULT_BACKOFF_CAP_S = 5.0
+DEFAULT_MAX_DELIVERIES = 5
+DEFAULT_CLAIM_IDLE_MS = 30_000
+DEFAULT_REWARD_WAIT_S = 3600
+DEFAULT_SNAPSHOT_EVERY_UPDATES = 100
+DEFAULT_SNAPSHOT_EVERY_S = 10.0
+DEFAULT_RELOAD_CHECK_S = 1.0
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """``default_reward``: reward learned for a decision whose label never comes within
+    ``reward_wait_s`` (None: such decisions are dropped and counted as expired)."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    prefix: str = DEFAULT_PREFIX
+    consumer: str = ""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    block_ms: int = DEFAULT_BLOCK_MS
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    provider_concurrency: int = DEFAULT_PROVIDER_CONCURRENCY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
+    backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS
+    reward_wait_s: float = DEFAULT_REWARD_WAIT_S
+    default_reward: float | None = None
+    snapshot_every_updates: int = DEFAULT_SNAPSHOT_EVERY_UPDATES
+    snapshot_every_s: float = DEFAULT_SNAPSHOT_EVERY_S
+    reload_check_s: float = DEFAULT_RELOAD_CHECK_S
+    model_dir: str = ""
+    metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
+                    "max_deliveries", "claim_idle_ms", "snapshot_every_updates")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} = {getattr(self, name)} must be ≥ 1")
+        for name in (
+            "backoff_base_s",
+            "backoff_cap_s",
+            "reward_wait_s",
+            "snapshot_every_s",
+            "reload_check_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} = {getattr(self, name)} must be > 0 seconds")
+        if self.default_reward is not None and not 0 <= self.default_reward <= 1:
+            raise ConfigError(f"default_reward = {self.default_reward} must be in [0, 1] or unset")
+        if not self.prefix:
+            raise ConfigError("prefix must be a non-empty string such as 'metallm:'")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ServiceSettings:
+        """METALLM_<FIELD> environment variables (REDIS_URL too), then ``overrides``."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        if env.get("REDIS_URL"):
+            values["redis_url"] = env["REDIS_URL"]
+        for f in fields(cls):
+            raw = env.get(f"METALLM_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            try:
+                if f.name == "default_reward":
+                    values[f.name] = float(raw)
+                elif f.type in ("int",):
+                    values[f.name] = int(raw)
+                elif f.type in ("float",):
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise ConfigError(
+                    f"METALLM_{f.name.upper()} = {raw!r} is not a valid {f.type}"
+                ) from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Redis key names, all under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def queries(self) -> str:
+        return f"{self.prefix}queries"
+
+    @property
+    def responses(self) -> str:
+        return f"{self.prefix}responses"
+
+    @property
+    def feedback(self) -> str:
+        return f"{self.prefix}feedback"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}dead"
+
+    @property
+    def model_bytes(self) -> str:
+        return f"{self.prefix}model:bytes"
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.prefix}model:version"
+
+    @property
+    def model_channel(self) -> str:
+        return f"{self.prefix}model:updates"
+
+    @property
+    def awaiting(self) -> str:
+        """Sorted set of query ids by the time their label is due (for default rewards)."""
+        return f"{self.prefix}awaiting"
+
+    def decision(self, query_id: str) -> str:
+        return f"{self.prefix}decision:{query_id}"
+
+    def learned(self, query_id: str) -> str:
+        return f"{self.prefix}learned:{query_id}"
+
+
+ROUTERS_GROUP = "routers"
+LEARNERS_GROUP = "learners"
