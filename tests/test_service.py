@@ -1,0 +1,183 @@
+"""The router and learner against a real Redis and the replay LLM server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from bandit.config import RoutingConfig, builtin_config
+from bandit.datasets import Dataset, load_dataset
+from workers.replay_server import Faults, ReplayBook, ReplayServer
+from workers.service import Service
+from workers.settings import Keys, ServiceSettings
+
+
+@pytest.fixture(scope="module")
+def recorded(data_dir: Path) -> tuple[Dataset, RoutingConfig]:
+    return load_dataset("overruling", data_dir), builtin_config("overruling")
+
+
+@pytest.fixture(scope="module")
+def replay(recorded: tuple[Dataset, RoutingConfig]) -> Iterator[ReplayServer]:
+    srv = ReplayServer(ReplayBook(*recorded)).start()
+    yield srv
+    srv.stop()
+
+
+def settings(redis_url: str, prefix: str, **kw: object) -> ServiceSettings:
+    base = dict(redis_url=redis_url, prefix=prefix, block_ms=50, reload_check_s=0.05,
+                snapshot_every_updates=5, snapshot_every_s=0.2, claim_idle_ms=300,
+                backoff_base_s=0.01, backoff_cap_s=0.05)  # fmt: skip
+    base.update(kw)
+    return ServiceSettings(**base)  # type: ignore[arg-type]
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def responses(r: aioredis.Redis, keys: Keys) -> list[dict[str, str]]:
+    return [
+        {k.decode(): v.decode() for k, v in f.items()} for _, f in await r.xrange(keys.responses)
+    ]
+
+
+def run_with_service(
+    svc: Service, body: Callable[[Service, aioredis.Redis], Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        await svc.start()
+        task = asyncio.create_task(svc.run(stop))
+        try:
+            await body(svc, svc.redis)
+        finally:
+            stop.set()
+            await task
+            await svc.close()
+
+    asyncio.run(main())
+
+
+def test_query_response_label_update_snapshot_reload(
+    redis_url: str, prefix: str, recorded: tuple[Dataset, RoutingConfig], replay: ReplayServer
+) -> None:
+    ds, cfg = recorded
+    keys = Keys(prefix)
+    svc = Service(settings(redis_url, prefix), cfg, env={"METALLM_REPLAY_URL": replay.url})
+    rows = list(range(40))
+
+    async def body(svc: Service, r: aioredis.Redis) -> None:
+        for i in rows:
+            await r.xadd(
+                keys.queries, {"id": ds.ids[i], "text": ds.texts[i], "meta": json.dumps({"n": i})}
+            )
+        await wait_for(lambda: _count(r, keys.responses, len(rows)))
+        got = await responses(r, keys)
+        assert sorted(x["id"] for x in got) == sorted(ds.ids[rows])
+        for x in got:
+            i = int(x["id"].split("-")[1])
+            j = ds.arms.index(x["arm"])
+            assert x["answer"] == ds.answers[i, j] and x["error"] == ""
+            assert x["label"] in ("Yes", "No")
+            assert float(x["cost_usd"]) == pytest.approx(ds.cost_usd[i, j], abs=1e-8)
+            assert 0 < float(x["prob"]) <= 1 and x["meta"] == json.dumps({"n": i})
+        assert svc.router is not None and svc.learner is not None
+        version_before = svc.router.policy.version
+        pmf_before = svc.router.policy.decide(np.ones((1, 384), dtype=np.float32) / 20, ["x"])[
+            0
+        ].scores
+        for i in rows:
+            await r.xadd(keys.feedback, {"id": ds.ids[i], "label": ds.labels[i]})
+        await wait_for(lambda: _async(svc.learner.policy.version >= version_before + len(rows)))
+        await wait_for(lambda: _async(svc.router.policy.version >= version_before + len(rows)))
+        pmf_after = svc.router.policy.decide(np.ones((1, 384), dtype=np.float32) / 20, ["x"])[
+            0
+        ].scores
+        assert not np.allclose(pmf_before, pmf_after)
+        assert int(await r.get(keys.model_version)) == svc.router.policy.version
+        assert await r.xlen(keys.dead) == 0
+
+    run_with_service(svc, body)
+
+
+async def _count(r: aioredis.Redis, stream: str, n: int) -> bool:
+    return int(await r.xlen(stream)) >= n
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"text": "no id"}, "missing field 'id'"),
+        ({"id": "q-empty", "text": "   "}, "empty field 'text'"),
+        ({"id": "q-labels", "text": "hi", "labels": "[not json"}, "'labels' is not JSON"),
+        ({"id": "q-labels2", "text": "hi", "labels": '{"a": 1}'}, "non-empty JSON list"),
+        ({"id": "q-task", "text": "hi", "task": "translation"}, "unknown task 'translation'"),
+        ({"id": "q-meta", "text": "hi", "meta": "{oops"}, "'meta' is not JSON"),
+    ],
+)
+def test_malformed_queries_go_to_dead_letters_and_the_worker_keeps_serving(
+    fields: dict[str, str], reason: str, redis_url: str, prefix: str,
+    recorded: tuple[Dataset, RoutingConfig], replay: ReplayServer,
+) -> None:  # fmt: skip
+    ds, cfg = recorded
+    keys = Keys(prefix)
+    svc = Service(
+        settings(redis_url, prefix), cfg, roles=("router",), env={"METALLM_REPLAY_URL": replay.url}
+    )
+
+    async def body(svc: Service, r: aioredis.Redis) -> None:
+        await r.xadd(keys.queries, fields)
+        await r.xadd(keys.queries, {"id": ds.ids[0], "text": ds.texts[0]})
+        await wait_for(lambda: _count(r, keys.responses, 1))
+        dead = [
+            {k.decode(): v.decode() for k, v in f.items()} for _, f in await r.xrange(keys.dead)
+        ]
+        assert len(dead) == 1 and dead[0]["stage"] == "parse" and reason in dead[0]["error"]
+        assert {k: v for k, v in dead[0].items() if k in fields} == fields
+        pending = await r.xpending(keys.queries, "routers")
+        assert pending["pending"] == 0
+
+    run_with_service(svc, body)
+
+
+def test_provider_failures_are_retried_then_fall_back(
+    redis_url: str, prefix: str, recorded: tuple[Dataset, RoutingConfig]
+) -> None:
+    ds, cfg = recorded
+    keys = Keys(prefix)
+    flaky = ReplayServer(ReplayBook(ds, cfg), Faults(error_rate=0.5, seed=1)).start()
+    svc = Service(settings(redis_url, prefix, max_attempts=2), cfg, roles=("router",),
+                  env={"METALLM_REPLAY_URL": flaky.url})  # fmt: skip
+    n = 30
+
+    async def body(svc: Service, r: aioredis.Redis) -> None:
+        for i in range(n):
+            await r.xadd(keys.queries, {"id": ds.ids[i], "text": ds.texts[i]})
+        await wait_for(lambda: _count(r, keys.responses, n))
+        got = await responses(r, keys)
+        assert len({x["id"] for x in got}) == n
+        assert all(x["error"] == "" and x["answer"] for x in got)  # every query answered
+        assert any(x["fallback"] == "1" for x in got)
+        errors = svc.metrics.registry.get_sample_value
+        assert sum(errors("metallm_provider_errors_total", {"arm": a, "kind": "server"}) or 0
+                   for a in cfg.arms.names) == flaky.errors > 0  # fmt: skip
+
+    try:
+        run_with_service(svc, body)
+    finally:
+        flaky.stop()

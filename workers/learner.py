@@ -1,0 +1,192 @@
+"""The learner: feedback stream → join the decision record → reward → VW update → snapshots.
+
+Feedback is idempotent: ``learned:{id}`` is set once (SET NX) before a label trains the
+policy, so a second label for the same id never trains twice. Decisions whose label does
+not come within the reward wait are learned with ``default_reward`` when one is set
+(as Azure Personalizer does), or dropped and counted as expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bandit.policy import Policy
+from bandit.reward import is_correct
+from workers.metrics import Metrics
+from workers.settings import LEARNERS_GROUP, Keys, ServiceSettings
+from workers.streams import Entry, claim_stale, dead_letter, ensure_group, read_new
+
+log = logging.getLogger(__name__)
+EXPIRY_BATCH = 500
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Learner:
+    def __init__(
+        self, settings: ServiceSettings, policy: Policy, redis: aioredis.Redis, metrics: Metrics
+    ) -> None:
+        self.settings, self.policy, self.r, self.m = settings, policy, redis, metrics
+        self.keys = Keys(settings.prefix)
+        self.consumer = settings.consumer or f"learner-{random.getrandbits(32):08x}"
+        self._since_publish = 0
+        self._last_publish = time.monotonic()
+        self._last_claim = 0.0
+        self.published_version = -1
+        metrics.model_version.set(policy.version)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_group(self.r, self.keys.feedback, LEARNERS_GROUP)
+        if await self.r.get(self.keys.model_version) is None:
+            await self.publish()  # routers start from the same model the learner has
+        while not stop.is_set():
+            await self.step()
+        await self.publish()
+
+    async def step(self) -> int:
+        s = self.settings
+        entries: list[Entry] = []
+        if time.monotonic() - self._last_claim >= s.claim_idle_ms / 2000:
+            self._last_claim = time.monotonic()
+            entries = await claim_stale(self.r, self.keys.feedback, LEARNERS_GROUP, self.consumer,
+                                        s.claim_idle_ms, s.batch_size * 4)  # fmt: skip
+        entries += await read_new(self.r, self.keys.feedback, LEARNERS_GROUP, self.consumer,
+                                  s.batch_size * 4, s.block_ms)  # fmt: skip
+        for e in entries:
+            await self.handle(e)
+        await self.expire_due()
+        await self.maybe_publish()
+        return len(entries)
+
+    async def handle(self, entry: Entry) -> str:
+        """Learn from one feedback entry; returns the outcome it was counted under."""
+        outcome = await self._outcome(entry)
+        self.m.feedback.labels(outcome).inc()
+        if outcome == "invalid":
+            await dead_letter(self.r, self.keys.dead, self.keys.feedback, LEARNERS_GROUP, entry, "feedback",
+                              "feedback needs 'id' and either 'label' or a numeric 'reward' in [0, 1]")  # fmt: skip
+            self.m.dead_letters.labels("feedback").inc()
+        else:
+            await self.r.xack(self.keys.feedback, LEARNERS_GROUP, entry.id)
+        return outcome
+
+    async def _outcome(self, entry: Entry) -> str:
+        f = entry.fields
+        qid = f.get("id", "").strip()
+        reward: float | None = None
+        if "reward" in f and f["reward"].strip():
+            try:
+                reward = float(f["reward"])
+            except ValueError:
+                return "invalid"
+            if not (math.isfinite(reward) and 0 <= reward <= 1):
+                return "invalid"
+        if not qid or (reward is None and "label" not in f):
+            return "invalid"
+        raw = await self.r.hgetall(self.keys.decision(qid))
+        record = {_s(k): _s(v) for k, v in raw.items()}
+        if not record or "label" not in record:
+            return "unknown"  # never decided, expired, or not answered yet
+        if not await self.r.set(
+            self.keys.learned(qid), "1", nx=True, ex=int(self.settings.reward_wait_s * 2) + 60
+        ):
+            return "duplicate"
+        await self.r.zrem(self.keys.awaiting, qid)
+        if record.get("failed") == "1" or record.get("fallback") == "1":
+            # The answering arm was not drawn from the logged pmf: no unbiased update.
+            return "not_learnable"
+        correct = reward if reward is not None else is_correct(record["label"], f["label"])
+        self._learn(record, correct)
+        return "joined"
+
+    def _learn(self, record: dict[str, str], correct: float) -> None:
+        arm, cost = int(record["arm"]), float(record["cost"])
+        self.policy.learn_line(record["shared"], arm, float(record["prob"]), correct, cost)
+        name = record.get("arm_name", str(arm))
+        self.m.updates.inc()
+        self.m.labelled.labels(name).inc()
+        self.m.correct.labels(name).inc(correct)
+        self.m.reward.labels(name).inc(correct - self.policy.config.p * cost)
+        self._since_publish += 1
+
+    async def expire_due(self) -> None:
+        """Decisions whose reward wait is over: default reward, or counted as expired."""
+        due = await self.r.zrangebyscore(
+            self.keys.awaiting, "-inf", time.time(), start=0, num=EXPIRY_BATCH
+        )
+        for raw_id in due:
+            qid = _s(raw_id)
+            if not await self.r.zrem(self.keys.awaiting, qid):
+                continue  # another learner took it
+            default = self.settings.default_reward
+            raw = await self.r.hgetall(self.keys.decision(qid))
+            record = {_s(k): _s(v) for k, v in raw.items()}
+            learnable = record and record.get("failed") != "1" and record.get("fallback") != "1"
+            if (
+                default is not None
+                and learnable
+                and await self.r.set(self.keys.learned(qid), "1", nx=True, ex=60)
+            ):
+                self._learn(record, default)
+                self.m.feedback.labels("defaulted").inc()
+            else:
+                self.m.feedback.labels("expired").inc()
+
+    async def maybe_publish(self) -> None:
+        s = self.settings
+        due = self._since_publish >= s.snapshot_every_updates or (
+            self._since_publish and time.monotonic() - self._last_publish >= s.snapshot_every_s
+        )
+        if due:
+            await self.publish()
+
+    async def publish(self) -> None:
+        """Snapshot to Redis (bytes, then version, in one transaction) and to disk."""
+        data = self.policy.to_bytes()
+        version = self.policy.version
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.model_bytes, data)
+            pipe.set(self.keys.model_version, version)
+            pipe.publish(self.keys.model_channel, version)
+            await pipe.execute()
+        if self.settings.model_dir:
+            save_snapshot(Path(self.settings.model_dir), data)
+        self._since_publish = 0
+        self._last_publish = time.monotonic()
+        self.published_version = version
+        self.m.model_version.set(version)
+        self.m.model_published.set(time.time())
+        log.info("published model version %d (%d bytes)", version, len(data))
+
+
+SNAPSHOT_FILE = "policy.bin"
+
+
+def save_snapshot(folder: Path, data: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{SNAPSHOT_FILE}.tmp"
+    tmp.write_bytes(data)
+    tmp.replace(folder / SNAPSHOT_FILE)
+    return folder / SNAPSHOT_FILE
+
+
+async def newest_snapshot(r: aioredis.Redis, keys: Keys, model_dir: str) -> Policy | None:
+    """The newest of the snapshot in Redis and the one on disk, or None."""
+    found: list[Policy] = []
+    data: Any = await r.get(keys.model_bytes)
+    if data:
+        found.append(Policy.from_bytes(bytes(data)))
+    path = Path(model_dir) / SNAPSHOT_FILE if model_dir else None
+    if path is not None and path.is_file():
+        found.append(Policy.from_bytes(path.read_bytes()))
+    return max(found, key=lambda p: p.version) if found else None

@@ -1,0 +1,123 @@
+"""Assembling and running the workers: router, learner, or both in one process (serve).
+
+Shutdown is in two stages: the first SIGTERM/SIGINT stops reading, lets the batch in
+flight finish and be acknowledged, and saves the model; a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, start_http_server
+
+from bandit.config import RoutingConfig
+from bandit.embedder import EMBEDDING_DIM, Embedder
+from bandit.policy import Policy
+from bandit.training import TrainingData, train_full_information
+from workers.learner import Learner, newest_snapshot
+from workers.metrics import Metrics
+from workers.providers import build_providers
+from workers.router import Router
+from workers.settings import Keys, ServiceSettings
+
+log = logging.getLogger(__name__)
+ROLES = ("router", "learner")
+
+
+def fresh_policy(config: RoutingConfig) -> Policy:
+    return Policy(config.policy, config.arms.names, config.arms.normalised_costs(), EMBEDDING_DIM)
+
+
+def warm_started_policy(config: RoutingConfig, vectors: np.ndarray, texts: Sequence[str],
+                        correct: np.ndarray, cost: np.ndarray) -> Policy:  # fmt: skip
+    """A policy trained with full information on recorded outcomes (rows × arms, in the
+    catalogue's arm order)."""
+    policy = fresh_policy(config)
+    shared = policy.features.shared_batch(vectors, list(texts))
+    return train_full_information(
+        policy, TrainingData(shared, correct, cost, cost), config.policy.seed
+    )
+
+
+@dataclass
+class Service:
+    settings: ServiceSettings
+    config: RoutingConfig
+    roles: tuple[str, ...] = ROLES
+    initial_policy: Policy | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    router: Router | None = None
+    learner: Learner | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.redis = aioredis.from_url(s.redis_url)
+        await self.redis.ping()
+        self.metrics = Metrics(self.registry)
+        if s.metrics_port:
+            start_http_server(s.metrics_port, registry=self.registry)
+        policy = await newest_snapshot(self.redis, Keys(s.prefix), s.model_dir)
+        if policy is None or (self.initial_policy and self.initial_policy.version > policy.version):
+            policy = self.initial_policy or fresh_policy(self.config)
+        log.info("starting %s with model version %d", "+".join(self.roles), policy.version)
+        if "learner" in self.roles:
+            self.learner = Learner(s, policy, self.redis, self.metrics)
+            await self.learner.publish()
+        if "router" in self.roles:
+            router_policy = Policy.from_bytes(policy.to_bytes()) if self.learner else policy
+            providers = build_providers(self.config.arms, self.env)
+            self.router = Router(s, self.config, router_policy, Embedder(self.config.embedder),
+                                 providers, self.redis, self.metrics)  # fmt: skip
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = []
+        if self.router:
+            tasks.append(asyncio.create_task(self.router.run(stop), name="router"))
+        if self.learner:
+            tasks.append(asyncio.create_task(self.learner.run(stop), name="learner"))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        if self.router:
+            for p in self.router.providers.values():
+                await p.close()
+        await self.redis.aclose()
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT: warm stop (finish the batch, ack, save). Second: exit now."""
+    loop = asyncio.get_running_loop()
+
+    def handle(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal %d: exiting at once", signum)
+            os._exit(1)
+        log.info("signal %d: finishing the batch in flight, then stopping", signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handle, sig)
+
+
+async def run_service(service: Service) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    await service.start()
+    try:
+        await service.run(stop)
+    finally:
+        await service.close()
