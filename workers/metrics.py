@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+REWARD_BUCKETS = (-1.0, -0.5, -0.1, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 class Metrics:
@@ -38,9 +39,9 @@ class Metrics:
                              ["stream"], registry=r)  # fmt: skip
         self.feedback = Counter("metallm_feedback_total", "Feedback by outcome (joined, unknown, "
                                 "duplicate, expired, defaulted, invalid)", ["outcome"], registry=r)  # fmt: skip
-        self.reward = Counter(
-            "metallm_reward_sum_total", "Sum of rewards learned, by arm", ["arm"], registry=r
-        )
+        # A histogram, not a counter: rewards a − p·c can be negative.
+        self.reward = Histogram("metallm_reward", "Rewards learned, by arm", ["arm"],
+                                buckets=REWARD_BUCKETS, registry=r)  # fmt: skip
         self.correct = Counter("metallm_correct_total", "Labelled answers that were right, by arm",
                                ["arm"], registry=r)  # fmt: skip
         self.labelled = Counter("metallm_labelled_total", "Answers whose label arrived, by arm",

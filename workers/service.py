@@ -69,7 +69,10 @@ class Service:
             policy = self.initial_policy or fresh_policy(self.config)
         log.info("starting %s with model version %d", "+".join(self.roles), policy.version)
         if "learner" in self.roles:
-            self.learner = Learner(s, policy, self.redis, self.metrics)
+            # Online updates are one pass with importance weights: they take the online rate.
+            online = policy.config.for_online()
+            learner_policy = policy if online == policy.config else policy.with_config(online)
+            self.learner = Learner(s, learner_policy, self.redis, self.metrics)
             await self.learner.publish()
         if "router" in self.roles:
             router_policy = Policy.from_bytes(policy.to_bytes()) if self.learner else policy
