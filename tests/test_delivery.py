@@ -193,7 +193,9 @@ def test_sigterm_finishes_the_batch_in_flight(redis_url: str, prefix: str, recor
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     answered = r.xlen(keys.responses)
-    assert answered >= 1 and pending(r, keys) == 0  # the batch in flight was answered and acknowledged
+    assert (
+        answered >= 1 and pending(r, keys) == 0
+    )  # the batch in flight was answered and acknowledged
     groups = {g["name"].decode(): g for g in r.xinfo_groups(keys.queries)}
     undelivered = (
         n - groups["routers"]["entries-read"]

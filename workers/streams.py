@@ -22,7 +22,10 @@ class Entry:
     deliveries: int = 1
 
 
-def _decode(fields: dict[Any, Any]) -> dict[str, str]:
+def _decode(fields: Any) -> dict[str, str]:
+    """Entry fields as a str dict; redis-py gives a dict, a raw reply a flat [k, v, …] list."""
+    if isinstance(fields, list | tuple):
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
     return {
         (k.decode() if isinstance(k, bytes) else str(k)): (
             v.decode() if isinstance(v, bytes) else str(v)
