@@ -113,6 +113,11 @@ def test_metrics_endpoint_serves_prometheus_text(
 
     async def run() -> str:
         await svc.start()
+        assert svc.learner is not None
+        from workers.streams import ensure_group
+
+        await ensure_group(svc.redis, Keys(prefix).feedback, "learners")
+        await svc.learner.step()
         try:
             return await asyncio.to_thread(
                 lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
@@ -122,6 +127,7 @@ def test_metrics_endpoint_serves_prometheus_text(
 
     text = asyncio.run(run())
     assert "metallm_model_version " in text and "metallm_feedback_total" in text
+    assert 'metallm_stream_pending{stream="feedback"} 0.0' in text
 
 
 def test_xautoclaim_reply_shapes_of_redis_6_2_and_7() -> None:

@@ -23,7 +23,7 @@ from bandit.policy import Policy
 from bandit.reward import is_correct
 from workers.metrics import Metrics
 from workers.settings import LEARNERS_GROUP, Keys, ServiceSettings
-from workers.streams import Entry, claim_stale, dead_letter, ensure_group, read_new
+from workers.streams import Entry, claim_stale, dead_letter, ensure_group, group_backlog, read_new
 
 log = logging.getLogger(__name__)
 EXPIRY_BATCH = 500
@@ -69,6 +69,10 @@ class Learner:
             await self.handle(e)
         await self.expire_due()
         await self.maybe_publish()
+        lag, pending = await group_backlog(self.r, self.keys.feedback, LEARNERS_GROUP)
+        if lag is not None:
+            self.m.stream_lag.labels("feedback").set(lag)
+        self.m.pending.labels("feedback").set(pending)
         return len(entries)
 
     async def handle(self, entry: Entry) -> str:

@@ -26,7 +26,7 @@ from workers.metrics import Metrics
 from workers.providers import Completion, Provider, ProviderError
 from workers.retry import RetryPolicy
 from workers.settings import ROUTERS_GROUP, Keys, ServiceSettings
-from workers.streams import Entry, claim_stale, dead_letter, ensure_group, read_new
+from workers.streams import Entry, claim_stale, dead_letter, ensure_group, group_backlog, read_new
 
 log = logging.getLogger(__name__)
 DECISION_GRACE_S = 600  # decision records outlive the reward wait by this much
@@ -265,6 +265,10 @@ class Router:
         if not force and now - self._last_reload_check < self.settings.reload_check_s:
             return False
         self._last_reload_check = now
+        lag, pending = await group_backlog(self.r, self.keys.queries, ROUTERS_GROUP)
+        if lag is not None:
+            self.m.stream_lag.labels("queries").set(lag)
+        self.m.pending.labels("queries").set(pending)
         raw = await self.r.get(self.keys.model_version)
         if raw is None or int(raw) <= self.policy.version:
             return False

@@ -105,3 +105,17 @@ async def dead_letter(
         pipe.xack(stream, group, entry.id)
         await pipe.execute()
     log.warning("dead letter %s from %s at %s: %s", entry.id, stream, stage, error)
+
+
+async def group_backlog(r: aioredis.Redis, stream: str, group: str) -> tuple[int | None, int]:
+    """(lag, pending) of ``group`` on ``stream``: entries not yet delivered to the group
+    (None on Redis < 7, which does not report it) and entries delivered but not acknowledged."""
+    try:
+        groups: Any = await r.xinfo_groups(stream)
+    except ResponseError:
+        return None, 0
+    for g in groups:
+        if _id(g.get("name")) == group:
+            lag = g.get("lag")
+            return (int(lag) if lag is not None else None), int(g.get("pending", 0))
+    return None, 0
