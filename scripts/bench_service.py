@@ -28,12 +28,44 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from bandit.config import builtin_config
-from bandit.datasets import load_dataset, resolve_data_dir
+from bandit.datasets import resolve_data_dir
 from bandit.embedder import Embedder, EmbedderConfig
 from workers.demo import redis_for_run
-from workers.replay_server import Faults, ReplayBook, ReplayServer
 from workers.service import Service
 from workers.settings import Keys, ServiceSettings
+
+
+class ReplaySubprocess:
+    """`metallm replay-llm` in a process of its own, as in production (not sharing the GIL)."""
+
+    def __init__(self, latency_ms: float, data_dir: str | None) -> None:
+        import socket
+        import subprocess
+        import sys
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "workers.cli", "replay-llm", "--dataset", "imdb", "--port", str(port),
+               "--latency-ms", str(latency_ms), "--unknown-answer", "positive"]  # fmt: skip
+        if data_dir:
+            cmd += ["--data-dir", data_dir]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("replay-llm did not start") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def rss_mb() -> float:
@@ -57,10 +89,7 @@ def sst2(n: int, data_dir: str | None) -> list[str]:
 async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: float | None,
                     learn: bool, data_dir: str | None) -> dict[str, Any]:  # fmt: skip
     cfg = builtin_config("imdb")  # sentiment arms; SST-2 sentences are unknown to the replay
-    ds = load_dataset("imdb", data_dir)
-    replay = ReplayServer(
-        ReplayBook(ds, cfg, unknown_answer="positive"), Faults(latency_ms=latency_ms)
-    ).start()
+    replay = ReplaySubprocess(latency_ms, data_dir)
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, snapshot_every_updates=10_000,
                                snapshot_every_s=30, max_in_flight=512, provider_concurrency=512)  # fmt: skip
@@ -114,8 +143,7 @@ async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: flo
 async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, float]]:
     """Stream n queries in chunks, with their labels, sampling RSS after each chunk."""
     cfg = builtin_config("imdb")
-    ds = load_dataset("imdb", data_dir)
-    replay = ReplayServer(ReplayBook(ds, cfg, unknown_answer="positive")).start()
+    replay = ReplaySubprocess(0.0, data_dir)
     prefix = f"bench-rss-{uuid.uuid4().hex[:8]}:"
     settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, reward_wait_s=60)
     svc = Service(settings, cfg, env={"METALLM_REPLAY_URL": replay.url})

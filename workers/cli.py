@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--error-rate", type=float, default=0.0, help="share of requests answered with HTTP 503"
     )
+    rp.add_argument(
+        "--unknown-answer",
+        help="answer prompts that are not recorded queries with this text (default: HTTP 404)",
+    )
     _add_service_commands(sub)
     return parser
 
@@ -444,7 +448,8 @@ def cmd_replay_llm(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config) if args.config else builtin_config(args.dataset)
     faults = Faults(args.latency_ms, args.latency_sd_ms, args.error_rate, args.seed)
-    server = ReplayServer(ReplayBook(_dataset(args), cfg), faults, args.host, args.port)
+    book = ReplayBook(_dataset(args), cfg, unknown_answer=args.unknown_answer)
+    server = ReplayServer(book, faults, args.host, args.port)
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

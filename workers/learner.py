@@ -23,14 +23,31 @@ from bandit.policy import Policy
 from bandit.reward import is_correct
 from workers.metrics import Metrics
 from workers.settings import LEARNERS_GROUP, Keys, ServiceSettings
-from workers.streams import Entry, claim_stale, dead_letter, ensure_group, group_backlog, read_new
+from workers.streams import Entry, claim_stale, ensure_group, group_backlog, read_new
 
 log = logging.getLogger(__name__)
 EXPIRY_BATCH = 500
+INVALID_FEEDBACK = "feedback needs 'id' and either 'label' or a numeric 'reward' in [0, 1]"
 
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _parse_feedback(f: dict[str, str]) -> tuple[str, float | None] | None:
+    """(query id, explicit reward or None for a label), or None when the entry is invalid."""
+    qid = f.get("id", "").strip()
+    reward: float | None = None
+    if f.get("reward", "").strip():
+        try:
+            reward = float(f["reward"])
+        except ValueError:
+            return None
+        if not (math.isfinite(reward) and 0 <= reward <= 1):
+            return None
+    if not qid or (reward is None and "label" not in f):
+        return None
+    return qid, reward
 
 
 class Learner:
@@ -65,8 +82,8 @@ class Learner:
                                         s.claim_idle_ms, s.batch_size * 4)  # fmt: skip
         entries += await read_new(self.r, self.keys.feedback, LEARNERS_GROUP, self.consumer,
                                   s.batch_size * 4, s.block_ms)  # fmt: skip
-        for e in entries:
-            await self.handle(e)
+        if entries:
+            await self.handle_batch(entries)
         await self.expire_due()
         await self.maybe_publish()
         lag, pending = await group_backlog(self.r, self.keys.feedback, LEARNERS_GROUP)
@@ -75,46 +92,62 @@ class Learner:
         self.m.pending.labels("feedback").set(pending)
         return len(entries)
 
-    async def handle(self, entry: Entry) -> str:
-        """Learn from one feedback entry; returns the outcome it was counted under."""
-        outcome = await self._outcome(entry)
-        self._count(outcome)
-        if outcome == "invalid":
-            await dead_letter(self.r, self.keys.dead, self.keys.feedback, LEARNERS_GROUP, entry, "feedback",
-                              "feedback needs 'id' and either 'label' or a numeric 'reward' in [0, 1]")  # fmt: skip
-            self.m.dead_letters.labels("feedback").inc()
-        else:
-            await self.r.xack(self.keys.feedback, LEARNERS_GROUP, entry.id)
-        return outcome
-
-    async def _outcome(self, entry: Entry) -> str:
-        f = entry.fields
-        qid = f.get("id", "").strip()
-        reward: float | None = None
-        if "reward" in f and f["reward"].strip():
-            try:
-                reward = float(f["reward"])
-            except ValueError:
-                return "invalid"
-            if not (math.isfinite(reward) and 0 <= reward <= 1):
-                return "invalid"
-        if not qid or (reward is None and "label" not in f):
-            return "invalid"
-        raw = await self.r.hgetall(self.keys.decision(qid))
-        record = {_s(k): _s(v) for k, v in raw.items()}
-        if not record or "label" not in record:
-            return "unknown"  # never decided, expired, or not answered yet
-        if not await self.r.set(
-            self.keys.learned(qid), "1", nx=True, ex=int(self.settings.reward_wait_s * 2) + 60
-        ):
-            return "duplicate"
-        await self.r.zrem(self.keys.awaiting, qid)
-        if record.get("failed") == "1" or record.get("fallback") == "1":
-            # The answering arm was not drawn from the logged pmf: no unbiased update.
-            return "not_learnable"
-        correct = reward if reward is not None else is_correct(record["label"], f["label"])
-        self._learn(record, correct)
-        return "joined"
+    async def handle_batch(self, entries: list[Entry]) -> list[str]:
+        """Learn from a batch of feedback entries with one Redis round trip per step;
+        returns the outcome each was counted under."""
+        outcomes: list[str | None] = [None] * len(entries)
+        parsed: list[tuple[int, str, float | None]] = []
+        for k, e in enumerate(entries):
+            got = _parse_feedback(e.fields)
+            if got is None:
+                outcomes[k] = "invalid"
+            else:
+                parsed.append((k, *got))
+        async with self.r.pipeline(transaction=False) as pipe:
+            for _, qid, _ in parsed:
+                pipe.hgetall(self.keys.decision(qid))
+            raws = await pipe.execute()
+        records = {}
+        for (k, _, _), raw in zip(parsed, raws, strict=True):
+            record = {_s(key): _s(v) for key, v in raw.items()}
+            if not record or "label" not in record:
+                outcomes[k] = "unknown"  # never decided, expired, or not answered yet
+            else:
+                records[k] = record
+        joinable = [(k, qid, reward) for k, qid, reward in parsed if k in records]
+        ttl = int(self.settings.reward_wait_s * 2) + 60
+        async with self.r.pipeline(transaction=False) as pipe:
+            for _, qid, _ in joinable:
+                pipe.set(self.keys.learned(qid), "1", nx=True, ex=ttl)
+            for _, qid, _ in joinable:
+                pipe.zrem(self.keys.awaiting, qid)
+            firsts = (await pipe.execute())[: len(joinable)]
+        for (k, _, reward), first in zip(joinable, firsts, strict=True):
+            record = records[k]
+            if not first:
+                outcomes[k] = "duplicate"
+            elif record.get("failed") == "1" or record.get("fallback") == "1":
+                # The answering arm was not drawn from the logged pmf: no unbiased update.
+                outcomes[k] = "not_learnable"
+            else:
+                label = entries[k].fields.get("label", "")
+                self._learn(
+                    record, reward if reward is not None else is_correct(record["label"], label)
+                )
+                outcomes[k] = "joined"
+        async with self.r.pipeline(transaction=True) as pipe:
+            for e, outcome in zip(entries, outcomes, strict=True):
+                if outcome == "invalid":
+                    fields: dict[Any, Any] = {**e.fields, "stage": "feedback", "error": INVALID_FEEDBACK,
+                                              "deliveries": str(e.deliveries)}  # fmt: skip
+                    pipe.xadd(self.keys.dead, fields)
+                    self.m.dead_letters.labels("feedback").inc()
+                pipe.xack(self.keys.feedback, LEARNERS_GROUP, e.id)
+            await pipe.execute()
+        done = [o or "unknown" for o in outcomes]
+        for o in done:
+            self._count(o)
+        return done
 
     def _learn(self, record: dict[str, str], correct: float) -> None:
         arm, cost = int(record["arm"]), float(record["cost"])

@@ -45,6 +45,13 @@ class Query:
     meta: str
 
 
+@dataclass(frozen=True)
+class Batch:
+    queries: list[Query]
+    decisions: list[Decision]
+    started: float  # perf_counter when it was read
+
+
 @dataclass
 class Answer:
     arm: int
@@ -111,18 +118,44 @@ class Router:
         self._last_reload_check = 0.0
         self._last_claim = 0.0
         self.answered = 0
+        # Entry ids this router is working on: XAUTOCLAIM also returns a consumer's own
+        # entries once idle, and those must not be answered twice.
+        self._working: set[str] = set()
         m = metrics
         m.model_version.set(policy.version)
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        """Read and prepare batch k+1 (embed, decide) while batch k's LLM calls are out;
+        on stop, finish every batch in flight before returning (warm stop)."""
         await ensure_group(self.r, self.keys.queries, ROUTERS_GROUP)
         log.info("router %s reading %s", self.consumer, self.keys.queries)
-        while not stop.is_set():
-            await self.step()
+        max_batches = max(2, self.settings.max_in_flight // self.settings.batch_size)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                await self.maybe_reload()
+                entries = await self.read_batch()
+                batch = await self.prepare(entries) if entries else None
+                if batch is not None:
+                    in_flight.add(asyncio.create_task(self.finish(batch)))
+                while len(in_flight) >= max_batches or (in_flight and not entries):
+                    done, in_flight = await asyncio.wait(
+                        in_flight, timeout=None if len(in_flight) >= max_batches else 0.001,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )  # fmt: skip
+                    for t in done:
+                        t.result()
+                    if not done:
+                        break
+        finally:
+            if in_flight:
+                for result in await asyncio.gather(*in_flight, return_exceptions=True):
+                    if isinstance(result, Exception):
+                        log.error("batch failed during shutdown: %s", result)
 
     async def step(self) -> int:
-        """Read one batch and answer it; returns how many entries were handled."""
+        """Read one batch and answer it completely; returns how many entries were handled."""
         await self.maybe_reload()
         entries = await self.read_batch()
         if entries:
@@ -135,14 +168,21 @@ class Router:
         now = time.monotonic()
         if now - self._last_claim >= s.claim_idle_ms / 2000:
             self._last_claim = now
-            entries = await claim_stale(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
+            claimed = await claim_stale(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
                                         s.claim_idle_ms, s.batch_size)  # fmt: skip
+            entries = [e for e in claimed if e.id not in self._working]
         if len(entries) < s.batch_size:
             entries += await read_new(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
                                       s.batch_size - len(entries), s.block_ms)  # fmt: skip
         return entries
 
     async def process(self, entries: list[Entry]) -> None:
+        batch = await self.prepare(entries)
+        if batch is not None:
+            await self.finish(batch)
+
+    async def prepare(self, entries: list[Entry]) -> Batch | None:
+        """Dead-letter what cannot be answered; embed, decide and record the rest."""
         t0 = time.perf_counter()
         self.m.batch_size.observe(len(entries))
         queries: list[Query] = []
@@ -159,22 +199,30 @@ class Router:
             except BadQuery as exc:
                 await self._dead(e, "parse", str(exc))
         if not queries:
-            return
+            return None
+        self._working.update(q.entry.id for q in queries)
         with self.m.stage.labels("embed").time():
             vectors = await asyncio.to_thread(self.embedder.embed, [q.text for q in queries])
         with self.m.stage.labels("decide").time():
             shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
             decisions = self.policy.decide_lines(shared)
         await self._store_decisions(queries, decisions, shared)
+        return Batch(queries, decisions, t0)
+
+    async def finish(self, batch: Batch) -> None:
+        """Call the arms, then write the responses and acknowledge, in one transaction."""
         with self.m.stage.labels("dispatch").time():
             answers = await asyncio.gather(
-                *(self.answer(q, d) for q, d in zip(queries, decisions, strict=True))
+                *(self.answer(q, d) for q, d in zip(batch.queries, batch.decisions, strict=True))
             )
-        await self._write_responses(queries, decisions, answers)
-        elapsed = time.perf_counter() - t0
-        for _ in queries:
+        try:
+            await self._write_responses(batch.queries, batch.decisions, answers)
+        finally:
+            self._working.difference_update(q.entry.id for q in batch.queries)
+        elapsed = time.perf_counter() - batch.started
+        for _ in batch.queries:
             self.m.latency.observe(elapsed)
-        self.answered += len(queries)
+        self.answered += len(batch.queries)
 
     # -- steps ---------------------------------------------------------------------------
     async def _dead(self, entry: Entry, stage: str, error: str) -> None:
