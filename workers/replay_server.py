@@ -111,6 +111,12 @@ class Faults:
             raise ConfigError(f"replay error rate {self.error_rate} must be in [0, 1]")
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) resets connections under a burst of concurrent calls.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class ReplayServer:
     """Serves a ReplayBook over HTTP on ``host:port`` (port 0 picks a free one)."""
 
@@ -123,7 +129,7 @@ class ReplayServer:
         self._lock = threading.Lock()
         self.requests = 0
         self.errors = 0
-        self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._httpd = _Server((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
