@@ -181,10 +181,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--data-dir")
-    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument(
+        "--queries", type=int, default=2000, help="queries per throughput phase (0: skip)"
+    )
     ap.add_argument("--rss-queries", type=int, default=0)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.queries == 0:
+        with redis_for_run(os.environ.get("REDIS_URL") or _local_or_none()) as url:
+            rss(url, args.rss_queries, args.data_dir)
+        return
     texts = sst2(args.queries, args.data_dir)
     emb = Embedder(EmbedderConfig(batch_size=32, lru_size=0))
     emb.encode(texts[:64])
@@ -211,12 +217,16 @@ def main() -> None:
             if "updates_per_s" in burst:
                 print(f"learner: {burst['updates_per_s']:.0f} updates/s", flush=True)
         if args.rss_queries:
-            print(f"RSS over {args.rss_queries} queries (with labels):")
-            samples = asyncio.run(rss_run(url, args.rss_queries, args.data_dir))
-            first, last = samples[0][1], samples[-1][1]
-            print(
-                f"RSS after first chunk {first:.1f} MB, at the end {last:.1f} MB ({last / first:.2f}×)"
-            )
+            rss(url, args.rss_queries, args.data_dir)
+
+
+def rss(url: str, n: int, data_dir: str | None) -> None:
+    print(f"RSS over {n} queries (with labels):")
+    samples = asyncio.run(rss_run(url, n, data_dir))
+    first, last = samples[0][1], samples[-1][1]
+    print(
+        f"RSS after the first chunk {first:.1f} MB, at the end {last:.1f} MB ({last / first:.2f}×)"
+    )
 
 
 def _local_or_none() -> str | None:
