@@ -20,7 +20,8 @@ price_per_1k_input_usd = 0.03
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from bandit.embedder import EmbedderConfig
 from bandit.errors import ConfigError
 from bandit.policy import PolicyConfig
 
-SECTIONS = ("task", "policy", "embedder", "arms")
+SECTIONS = ("task", "policy", "embedder", "arms", "service")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class RoutingConfig:
     arms: ArmCatalogue
     policy: PolicyConfig
     embedder: EmbedderConfig
+    # The [service] table, kept as data: the stream workers validate it (workers/settings.py).
+    service: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _section(cls: type, data: dict[str, Any], name: str) -> Any:
@@ -81,6 +84,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> RoutingConfi
         arms=ArmCatalogue.from_dicts(data["arms"]),
         policy=PolicyConfig.from_mapping(data.get("policy", {})),
         embedder=_section(EmbedderConfig, dict(data.get("embedder", {})), "embedder"),
+        service=dict(data.get("service", {})),
     )
 
 

@@ -237,10 +237,11 @@ def _add_service_commands(sub: Any) -> None:
     tail.add_argument("--count", type=int, help="exit after this many responses")
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace, cfg: RoutingConfig | None = None) -> Any:
     from workers.settings import ServiceSettings
 
     return ServiceSettings.from_env(
+        file=cfg.service if cfg else None,
         redis_url=getattr(args, "redis_url", None), prefix=getattr(args, "prefix", None),
         consumer=getattr(args, "consumer", None), metrics_port=getattr(args, "metrics_port", None),
         model_dir=getattr(args, "model_dir", None), batch_size=getattr(args, "batch_size", None),
@@ -257,7 +258,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     roles = {"route": ("router",), "learn": ("learner",), "serve": ("router", "learner")}[
         args.command
     ]
-    asyncio.run(run_service(Service(_settings(args), cfg, roles=roles)))
+    asyncio.run(run_service(Service(_settings(args, cfg), cfg, roles=roles)))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -73,10 +74,22 @@ class ServiceSettings:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ServiceSettings:
-        """METALLM_<FIELD> environment variables (REDIS_URL too), then ``overrides``."""
+    def from_env(
+        cls,
+        env: dict[str, str] | None = None,
+        file: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> ServiceSettings:
+        """The config file's [service] table, then METALLM_<FIELD> environment variables
+        (REDIS_URL too), then ``overrides`` (command-line options); later ones win."""
         env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {}
+        allowed = {f.name for f in fields(cls)}
+        unknown = set(file or {}) - allowed
+        if unknown:
+            raise ConfigError(
+                f"[service]: unknown setting(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
+        values: dict[str, Any] = dict(file or {})
         if env.get("REDIS_URL"):
             values["redis_url"] = env["REDIS_URL"]
         for f in fields(cls):

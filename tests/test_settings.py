@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from bandit.errors import ConfigError
+from workers.cli import main
+from workers.retry import compute_backoff
+from workers.settings import ServiceSettings
+
+
+def test_file_then_env_then_options() -> None:
+    file = {"batch_size": 8, "block_ms": 100, "prefix": "from-file:"}
+    env = {
+        "METALLM_BATCH_SIZE": "16",
+        "REDIS_URL": "redis://example:6380/1",
+        "METALLM_DEFAULT_REWARD": "0.25",
+    }
+    s = ServiceSettings.from_env(env, file, batch_size=64, prefix=None)
+    assert (s.batch_size, s.block_ms, s.prefix) == (64, 100, "from-file:")
+    assert s.redis_url == "redis://example:6380/1" and s.default_reward == 0.25
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "match"),
+    [
+        ({"METALLM_BATCH_SIZE": "many"}, None, "METALLM_BATCH_SIZE = 'many' is not a valid int"),
+        ({"METALLM_BATCH_SIZE": "0"}, None, "batch_size = 0 must be ≥ 1"),
+        ({"METALLM_DEFAULT_REWARD": "2"}, None, r"default_reward = 2.0 must be in \[0, 1\]"),
+        ({}, {"batchsize": 3}, r"unknown setting\(s\) \['batchsize'\]"),
+        ({}, {"reward_wait_s": -1}, "reward_wait_s = -1 must be > 0 seconds"),
+    ],
+)
+def test_bad_settings(env: dict, file: dict | None, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ServiceSettings.from_env(env, file)
+
+
+def test_bad_settings_from_the_command_line_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "arms.toml"
+    cfg.write_text('[service]\nmax_in_flight = 0\n[[arms]]\nname = "a"\nprovider = "replay"\nmodel_id = "a"\n'
+                   'price_per_call_usd = 0.001\nendpoint = "http://127.0.0.1:9"\n')  # fmt: skip
+    assert main(["serve", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err == "metallm: error: max_in_flight = 0 must be ≥ 1\n"
+
+
+def test_backoff_is_capped_exponential_with_full_jitter() -> None:
+    import random
+
+    rng = random.Random(0)
+    for attempt, ceiling in ((1, 0.1), (2, 0.2), (3, 0.4), (10, 5.0)):
+        draws = [compute_backoff(attempt, 0.1, 5.0, rng) for _ in range(200)]
+        assert min(draws) >= 0 and max(draws) <= ceiling and max(draws) > ceiling * 0.8
