@@ -158,7 +158,8 @@ async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, flo
             for i in range(start, min(start + chunk, n)):
                 pipe.xadd(keys.queries, {"id": f"q{i}", "text": texts[i % len(texts)] + f" #{i}"})
             await pipe.execute()
-        while await r.xlen(keys.responses) < min(start + chunk, n):
+        assert svc.router is not None
+        while svc.router.answered < min(start + chunk, n):
             await asyncio.sleep(0.05)
         async with r.pipeline(transaction=False) as pipe:
             for i in range(start, min(start + chunk, n)):
