@@ -185,6 +185,7 @@ def test_sigterm_finishes_the_batch_in_flight(redis_url: str, prefix: str, overr
     submit(r, keys, ds, n)
     proc = worker("serve", redis_url, prefix, slow_replay.url, "--model-dir", str(tmp_path))
     wait_until(lambda: pending(r, keys) > 0, proc=proc)
+    signalled = time.time()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     answered = r.xlen(keys.responses)
@@ -199,4 +200,29 @@ def test_sigterm_finishes_the_batch_in_flight(redis_url: str, prefix: str, overr
     )
     if undelivered is not None:
         assert answered + undelivered == n  # nothing read was dropped; the rest waits in the stream
-    assert (tmp_path / "policy.bin").is_file()  # the model was saved on the way out
+    assert (
+        tmp_path / "policy.bin"
+    ).stat().st_mtime >= signalled  # the model was saved on the way out
+
+
+def test_a_second_sigterm_exits_at_once(
+    redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig]
+) -> None:
+    ds, cfg = overruling
+    keys, r = Keys(prefix), redis.Redis.from_url(redis_url)
+    very_slow = ReplayServer(ReplayBook(ds, cfg), Faults(latency_ms=20_000)).start()
+    try:
+        submit(r, keys, ds, 8)
+        proc = worker("serve", redis_url, prefix, very_slow.url)
+        wait_until(lambda: pending(r, keys) > 0, proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None  # the first one waits for the LLM calls in flight
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 1 and time.monotonic() - t0 < 5
+        assert (
+            r.xlen(keys.responses) == 0 and pending(r, keys) > 0
+        )  # left for another router to claim
+    finally:
+        very_slow.stop()
