@@ -27,6 +27,8 @@ from workers.streams import Entry, claim_stale, ensure_group, group_backlog, rea
 
 log = logging.getLogger(__name__)
 EXPIRY_BATCH = 500
+# What learning needs of a decision record (the router writes more, for replay and audit).
+RECORD_FIELDS = ("shared", "arm", "arm_name", "prob", "cost", "label", "fallback", "failed")
 INVALID_FEEDBACK = "feedback needs 'id' and either 'label' or a numeric 'reward' in [0, 1]"
 
 
@@ -105,11 +107,11 @@ class Learner:
                 parsed.append((k, *got))
         async with self.r.pipeline(transaction=False) as pipe:
             for _, qid, _ in parsed:
-                pipe.hgetall(self.keys.decision(qid))
+                pipe.hmget(self.keys.decision(qid), RECORD_FIELDS)
             raws = await pipe.execute()
         records = {}
         for (k, _, _), raw in zip(parsed, raws, strict=True):
-            record = {_s(key): _s(v) for key, v in raw.items()}
+            record = {f: _s(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
             if not record or "label" not in record:
                 outcomes[k] = "unknown"  # never decided, expired, or not answered yet
             else:
@@ -170,8 +172,8 @@ class Learner:
             if not await self.r.zrem(self.keys.awaiting, qid):
                 continue  # another learner took it
             default = self.settings.default_reward
-            raw = await self.r.hgetall(self.keys.decision(qid))
-            record = {_s(k): _s(v) for k, v in raw.items()}
+            raw = await self.r.hmget(self.keys.decision(qid), RECORD_FIELDS)
+            record = {f: _s(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
             learnable = record and record.get("failed") != "1" and record.get("fallback") != "1"
             if (
                 default is not None
