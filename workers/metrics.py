@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from workers.providers.base import ERROR_KINDS
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 REWARD_BUCKETS = (-1.0, -0.5, -0.1, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+# Label values the workers use; their series are exported at 0 from the start, so that
+# dashboards show 0 instead of "no data" and increase() in an alert sees the first event.
+ROUTER_DEAD_LETTER_STAGES = ("parse", "deliveries")
+LEARNER_DEAD_LETTER_STAGES = ("feedback",)
+FEEDBACK_OUTCOMES = ("joined", "unknown", "duplicate", "not_learnable", "expired", "defaulted",
+                     "invalid")  # fmt: skip
+DECISION_KINDS = ("explored", "exploited")
+STAGES = ("embed", "decide", "dispatch")
 
 
 class Metrics:
@@ -55,3 +67,36 @@ class Metrics:
         )
         self.model_published = Gauge("metallm_model_published_timestamp_seconds",
                                      "When the model in use was published (unix time)", registry=r)  # fmt: skip
+        # What the operator configured, exported so that alerts and the dashboard compare
+        # live figures with it (0 = not configured).
+        self.budget = Gauge("metallm_budget_usd_per_hour",
+                            "Configured spend budget, USD per hour, all routers together (0 = none)",
+                            registry=r)  # fmt: skip
+        self.accuracy_floor = Gauge("metallm_accuracy_floor",
+                                    "Configured lowest acceptable router accuracy over labelled "
+                                    "answers, a fraction (0 = none)", registry=r)  # fmt: skip
+
+    def init_router(self, arms: Sequence[str]) -> None:
+        """Export the router's labelled series at 0 for every arm, stage and error kind."""
+        for arm in arms:
+            self.routed.labels(arm)
+            self.spend.labels(arm)
+            self.fallbacks.labels(arm)
+            for kind in ERROR_KINDS:
+                self.provider_errors.labels(arm, kind)
+        for kind in DECISION_KINDS:
+            self.explored.labels(kind)
+        for stage in ROUTER_DEAD_LETTER_STAGES:
+            self.dead_letters.labels(stage)
+        for stage in STAGES:
+            self.stage.labels(stage)
+
+    def init_learner(self, arms: Sequence[str]) -> None:
+        """Export the learner's labelled series at 0 for every arm and feedback outcome."""
+        for arm in arms:
+            self.correct.labels(arm)
+            self.labelled.labels(arm)
+        for outcome in FEEDBACK_OUTCOMES:
+            self.feedback.labels(outcome)
+        for stage in LEARNER_DEAD_LETTER_STAGES:
+            self.dead_letters.labels(stage)

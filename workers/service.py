@@ -10,17 +10,19 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from bandit.config import RoutingConfig
 from bandit.embedder import EMBEDDING_DIM, Embedder
 from bandit.policy import Policy
 from bandit.training import TrainingData, train_full_information
+from workers.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
 from workers.learner import Learner, newest_snapshot
 from workers.metrics import Metrics
 from workers.providers import build_providers
@@ -56,14 +58,29 @@ class Service:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     router: Router | None = None
     learner: Learner | None = None
+    health: HealthState = field(default_factory=HealthState)
+    http: HealthServer | None = None
 
     async def start(self) -> None:
+        """Metrics and probes first (unready until a model is held), then Redis and the model."""
         s = self.settings
-        self.redis = aioredis.from_url(s.redis_url)
-        await self.redis.ping()
         self.metrics = Metrics(self.registry)
+        self.metrics.budget.set(s.budget_usd_per_hour)
+        self.metrics.accuracy_floor.set(s.accuracy_floor)
         if s.metrics_port:
-            start_http_server(s.metrics_port, registry=self.registry)
+            self.http = HealthServer(
+                s.metrics_port, self.registry, s.redis_url, self.health
+            ).start()
+        self.redis = aioredis.from_url(s.redis_url)
+        try:
+            await self.redis.ping()
+            await self._start_roles()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start_roles(self) -> None:
+        s = self.settings
         policy = await newest_snapshot(self.redis, Keys(s.prefix), s.model_dir)
         if policy is None or (self.initial_policy and self.initial_policy.version > policy.version):
             policy = self.initial_policy or fresh_policy(self.config)
@@ -73,12 +90,27 @@ class Service:
             online = policy.config.for_online()
             learner_policy = policy if online == policy.config else policy.with_config(online)
             self.learner = Learner(s, learner_policy, self.redis, self.metrics)
+            self.metrics.init_learner(self.config.arms.names)
             await self.learner.publish()
         if "router" in self.roles:
             router_policy = Policy.from_bytes(policy.to_bytes()) if self.learner else policy
             providers = build_providers(self.config.arms, self.env)
             self.router = Router(s, self.config, router_policy, Embedder(self.config.embedder),
                                  providers, self.redis, self.metrics)  # fmt: skip
+            self.metrics.init_router(self.config.arms.names)
+            if not self.learner:
+                self.metrics.model_published.set(time.time())  # as a reload does: when taken
+        self.health.model_version = self._model_version
+
+    def _model_version(self) -> int | None:
+        """The version of the model the worker routes (router) or learns (learner) with."""
+        worker = self.router or self.learner
+        return worker.policy.version if worker else None
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.health.beat()
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = []
@@ -86,18 +118,23 @@ class Service:
             tasks.append(asyncio.create_task(self.router.run(stop), name="router"))
         if self.learner:
             tasks.append(asyncio.create_task(self.learner.run(stop), name="learner"))
+        heartbeat = asyncio.create_task(self._heartbeat(stop), name="heartbeat")
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
                 t.result()
         finally:
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            heartbeat.cancel()
+            await asyncio.gather(*tasks, heartbeat, return_exceptions=True)
 
     async def close(self) -> None:
         if self.router:
             for p in self.router.providers.values():
                 await p.close()
+        if self.http:
+            self.http.stop()
+            self.http = None
         await self.redis.aclose()
 
 

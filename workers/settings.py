@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -29,7 +30,10 @@ DEFAULT_RELOAD_CHECK_S = 1.0
 @dataclass(frozen=True)
 class ServiceSettings:
     """``default_reward``: reward learned for a decision whose label never comes within
-    ``reward_wait_s`` (None: such decisions are dropped and counted as expired)."""
+    ``reward_wait_s`` (None: such decisions are dropped and counted as expired).
+
+    ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
+    exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
 
     redis_url: str = DEFAULT_REDIS_URL
     prefix: str = DEFAULT_PREFIX
@@ -50,6 +54,8 @@ class ServiceSettings:
     reload_check_s: float = DEFAULT_RELOAD_CHECK_S
     model_dir: str = ""
     metrics_port: int = 0
+    budget_usd_per_hour: float = 0.0
+    accuracy_floor: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
@@ -70,6 +76,14 @@ class ServiceSettings:
             raise ConfigError(f"default_reward = {self.default_reward} must be in [0, 1] or unset")
         if not self.prefix:
             raise ConfigError("prefix must be a non-empty string such as 'metallm:'")
+        if not (math.isfinite(self.budget_usd_per_hour) and self.budget_usd_per_hour >= 0):
+            raise ConfigError(
+                f"budget_usd_per_hour = {self.budget_usd_per_hour} must be ≥ 0 USD (0 = none)"
+            )
+        if not 0 <= self.accuracy_floor <= 1:
+            raise ConfigError(
+                f"accuracy_floor = {self.accuracy_floor} must be a fraction in [0, 1] (0 = none)"
+            )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
 
