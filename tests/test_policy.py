@@ -123,3 +123,28 @@ def test_other_vowpal_wabbit_explorers_give_a_pmf(explorer: str) -> None:
     train_bandit(pol, data(pol, *world(200, 0)))
     (d,) = pol.decide(np.ones((1, DIM)))
     assert d.pmf.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["decoupled", "paper"])
+def test_direct_vw_calls_match_pyvw(mode: str) -> None:
+    """The policy calls VW's binding on parsed examples (faster); the same updates through
+    pyvw's public learn/predict give the same predictions."""
+    loss = "logistic" if mode == "decoupled" else "squared"
+    cfg = PolicyConfig(mode=mode, loss=loss, p=0.3, word_features=False)
+    fast = Policy(cfg, ARMS, COSTS, DIM)
+    slow = Policy(cfg, ARMS, COSTS, DIM)
+    x, correct = world(300, seed=3)
+    lines = fast.features.shared_batch(x)
+    for i, line in enumerate(lines):
+        arm = i % len(ARMS)
+        fast.learn_line(line, arm, 0.5, correct[i, arm], COSTS[arm])
+        cost = (
+            slow.vw_cost(correct[i, arm], COSTS[arm])
+            if mode == "paper"
+            else (-1.0 if correct[i, arm] else 1.0)
+        )
+        slow._vw.learn(slow.features.learn_example(line, arm, cost, 0.5))
+    for line in lines[:20]:
+        want = slow._vw.predict(slow.features.predict_example(line))
+        np.testing.assert_array_equal(fast.raw_predict(line), np.asarray(want))
+    assert not np.allclose(fast.raw_predict(lines[0]), fast.raw_predict(lines[1]))
