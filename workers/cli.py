@@ -148,7 +148,10 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
         "--consumer", help="consumer name in the group (default: random, unique per process)"
     )
     p.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)"
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics and the probes /healthz (event loop turning) and /readyz "
+        "(Redis answers and a model is held) on this port (default: off)",
     )
     p.add_argument(
         "--model-dir", help="also write model snapshots here, and load the newest on start"
@@ -161,6 +164,18 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
         "--default-reward",
         type=float,
         help="reward learned when no label comes in time (default: none)",
+    )
+    p.add_argument(
+        "--budget-usd-per-hour",
+        type=float,
+        help="spend budget of all routers together, exported as metallm_budget_usd_per_hour for "
+        "the spend alert; not enforced (default 0 = none)",
+    )
+    p.add_argument(
+        "--accuracy-floor",
+        type=float,
+        help="lowest acceptable router accuracy over labelled answers (0-1), exported as "
+        "metallm_accuracy_floor for the accuracy alert (default 0 = none)",
     )
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     p.epilog = ("Every setting can also come from the environment: METALLM_<SETTING> (e.g. "
@@ -208,8 +223,65 @@ def _add_service_commands(sub: Any) -> None:
     demo.add_argument("--json", type=Path, help="also write the table as JSON to this file")
     demo.add_argument("--p", type=float, default=0.05,
                       help="weight of cost against accuracy in the decision (default 0.05)")  # fmt: skip
+    demo.add_argument(
+        "--rate", type=float, help="queries per second to stream (default: all at once)"
+    )
+    demo.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the router's /metrics, /healthz and /readyz on this port and the learner's "
+        "on the next one, for Prometheus to scrape while the demo runs (default: off)",
+    )
+    demo.add_argument(
+        "--llm-error-rate",
+        type=float,
+        default=0.0,
+        help="share of LLM calls the replay server fails with HTTP 503, to show retries, "
+        "provider errors and fallbacks (default 0)",
+    )
+    demo.add_argument(
+        "--bad-queries",
+        type=int,
+        default=0,
+        help="also send this many queries without text (dead-lettered) and labels for them "
+        "(counted as unknown), to show those paths (default 0)",
+    )
     demo.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     demo.add_argument("--config", help=argparse.SUPPRESS)
+
+    prod = sub.add_parser(
+        "produce",
+        help="stream a recorded data set's queries and then their labels, as an application would",
+        description="XADD the test queries of a recorded data set to the queries stream (at "
+        "--rate per second, for --rounds passes) and, --label-delay-s after each answer appears "
+        "on the responses stream, its true label to the feedback stream. Exits when every query "
+        "sent is answered and labelled (never with --rounds 0). Feeds the workers of "
+        "deploy/compose.yaml's demo profile.",
+    )
+    _add_service_options(prod, config=False)
+    prod.add_argument(
+        "--dataset", default="overruling", choices=sorted(LOADERS), help="default overruling"
+    )
+    prod.add_argument(
+        "--data-dir", help=f"recorded data sets (default: ${DATA_DIR_ENV}, else ../shared/data)"
+    )
+    prod.add_argument("--limit", type=int, help="stream only this many test queries per round")
+    prod.add_argument(
+        "--rate",
+        type=float,
+        help="queries per second (default: all at once; needed with --rounds 0)",
+    )
+    prod.add_argument(
+        "--rounds", type=int, default=1, help="passes over the queries (0 = forever; default 1)"
+    )
+    prod.add_argument(
+        "--label-delay-s", type=float, default=1.0, help="delay before a label is sent (default 1)"
+    )
+    prod.add_argument(
+        "--bad-queries", type=int, default=0, help="queries without text to send first (default 0)"
+    )
+    prod.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
 
     submit = sub.add_parser("submit", help="send queries (JSON lines) to the queries stream",
                             description="Read JSON objects, one per line, with 'id' and 'text' (and "
@@ -246,6 +318,8 @@ def _settings(args: argparse.Namespace, cfg: RoutingConfig | None = None) -> Any
         consumer=getattr(args, "consumer", None), metrics_port=getattr(args, "metrics_port", None),
         model_dir=getattr(args, "model_dir", None), batch_size=getattr(args, "batch_size", None),
         reward_wait_s=getattr(args, "reward_wait_s", None), default_reward=getattr(args, "default_reward", None),
+        budget_usd_per_hour=getattr(args, "budget_usd_per_hour", None),
+        accuracy_floor=getattr(args, "accuracy_floor", None),
     )  # fmt: skip
 
 
@@ -270,13 +344,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, policy=cfg.policy.replace(p=args.p))
     ds = load_dataset(args.dataset, args.data_dir)
     settings = ServiceSettings.from_env(redis_url=os.environ.get("REDIS_URL", ""))
-    opts = DemoOptions(limit=args.limit, label_delay_s=args.label_delay_s, warm_start=not args.cold)
+    opts = DemoOptions(limit=args.limit, label_delay_s=args.label_delay_s, warm_start=not args.cold,
+                       rate_qps=args.rate, bad_queries=args.bad_queries,
+                       llm_error_rate=args.llm_error_rate, metrics_port=args.metrics_port)  # fmt: skip
     report = run_demo(ds, cfg, settings, opts)
     print_demo_report(report, sys.stdout)
     if args.json:
         write_demo_json(report, args.json)
         print(f"wrote {args.json}")
     return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from workers.producer import ProducerOptions, produce
+    from workers.settings import Keys
+
+    s = _settings(args)
+    opts = ProducerOptions(args.rate, args.label_delay_s, args.rounds, args.bad_queries)
+    ds = load_dataset(args.dataset, args.data_dir)
+    rows = make_split(ds, args.seed).test
+    rows = rows if args.limit is None else rows[: args.limit]
+
+    async def run() -> int:
+        r = aioredis.from_url(s.redis_url)
+        stop = asyncio.Event()
+        try:
+            stats = await produce(r, Keys(s.prefix), ds, rows, opts, stop)
+        finally:
+            await r.aclose()
+        print(f"produced {stats.sent} queries and {stats.labels_sent} labels on {s.prefix}*")
+        return 0
+
+    print(f"producing {len(rows)} {ds.name} queries per round into {Keys(s.prefix).queries}",
+          flush=True)  # fmt: skip
+    return asyncio.run(run())
 
 
 def _jsonl(path: str) -> list[dict[str, Any]]:
@@ -476,7 +581,7 @@ def cmd_replay_llm(args: argparse.Namespace) -> int:
 COMMANDS = {
     "evaluate": cmd_evaluate, "tune": cmd_tune, "replay-llm": cmd_replay_llm, "route": cmd_worker,
     "learn": cmd_worker, "serve": cmd_worker, "demo": cmd_demo, "submit": cmd_submit,
-    "feedback": cmd_feedback, "tail": cmd_tail,
+    "feedback": cmd_feedback, "tail": cmd_tail, "produce": cmd_produce,
 }  # fmt: skip
 
 

@@ -30,7 +30,9 @@ from bandit.config import RoutingConfig
 from bandit.datasets import Dataset, make_split
 from bandit.embedder import Embedder
 from bandit.errors import MetalLMError
-from workers.replay_server import ReplayBook, ReplayServer
+from workers.learner import Learner
+from workers.producer import ProducerOptions, ProducerStats, produce
+from workers.replay_server import Faults, ReplayBook, ReplayServer
 from workers.service import Service, install_signal_handlers, warm_started_policy
 from workers.settings import Keys, ServiceSettings
 
@@ -40,11 +42,32 @@ PROGRESS_EVERY_S = 2.0
 
 @dataclass(frozen=True)
 class DemoOptions:
+    """``metrics_port``: serve the router's /metrics, /healthz and /readyz on this port and
+    the learner's on the next one (0: off); ``llm_error_rate``: share of LLM calls the replay
+    server fails with HTTP 503 (retries, provider errors and fallbacks then show)."""
+
     limit: int | None = None  # test queries to stream (None: the whole test split)
     label_delay_s: float = 1.0
     warm_start: bool = True
     seed: int = 0
     timeout_s: float = 1800.0
+    rate_qps: float | None = None  # queries per second (None: all at once)
+    bad_queries: int = 0
+    llm_error_rate: float = 0.0
+    metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.llm_error_rate <= 1:
+            raise MetalLMError(f"LLM error rate = {self.llm_error_rate} must be in [0, 1]")
+        if not 0 <= self.metrics_port <= 65534:
+            raise MetalLMError(
+                f"metrics port = {self.metrics_port} must be in 1..65534 (it and the next "
+                "port are used), or 0 for none"
+            )
+        self.producer()  # checks the rate and the bad queries
+
+    def producer(self) -> ProducerOptions:
+        return ProducerOptions(self.rate_qps, self.label_delay_s, 1, self.bad_queries)
 
 
 def free_port() -> int:
@@ -101,7 +124,8 @@ def run_demo(
         settings = replace(
             settings, redis_url=url, prefix=f"{settings.prefix}demo-{uuid.uuid4().hex[:8]}:"
         )
-        replay = ReplayServer(ReplayBook(ds, config)).start()
+        faults = Faults(error_rate=opts.llm_error_rate, seed=opts.seed)
+        replay = ReplayServer(ReplayBook(ds, config), faults).start()
         try:
             policy = None
             if opts.warm_start:
@@ -114,70 +138,69 @@ def run_demo(
                 costs = np.tile(config.arms.normalised_costs(), (len(split.train), 1))
                 policy = warm_started_policy(config, vectors, ds.texts[split.train],
                                              ds.correct[split.train][:, cols], costs)  # fmt: skip
-            svc = Service(
-                settings, config, initial_policy=policy, env={"METALLM_REPLAY_URL": replay.url}
-            )
-            return asyncio.run(_drive(svc, ds, rows, opts, out))
+            # Router and learner as two workers, each with its own registry and port, as
+            # they run in production (one Prometheus job each).
+            port = opts.metrics_port
+            learner = Service(replace(settings, metrics_port=port + 1 if port else 0), config,
+                              roles=("learner",), initial_policy=policy)  # fmt: skip
+            router = Service(replace(settings, metrics_port=port), config, roles=("router",),
+                             initial_policy=policy, env={"METALLM_REPLAY_URL": replay.url})  # fmt: skip
+            return asyncio.run(_drive(router, learner, ds, rows, opts, out))
         finally:
             replay.stop()
 
 
 async def _drive(
-    svc: Service, ds: Dataset, rows: np.ndarray, opts: DemoOptions, out: TextIO
+    router: Service,
+    learner_svc: Service,
+    ds: Dataset,
+    rows: np.ndarray,
+    opts: DemoOptions,
+    out: TextIO,
 ) -> dict[str, Any]:
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    await svc.start()
-    keys = Keys(svc.settings.prefix)
-    r: aioredis.Redis = svc.redis
-    serving = asyncio.create_task(svc.run(stop))
+    await learner_svc.start()  # publishes the model the router then loads
+    try:
+        await router.start()
+    except BaseException:
+        await learner_svc.close()
+        raise
+    keys = Keys(router.settings.prefix)
+    r: aioredis.Redis = router.redis
+    learner = learner_svc.learner
+    assert learner is not None
+    serving = [asyncio.create_task(svc.run(stop)) for svc in (learner_svc, router)]
     by_id = {str(ds.ids[i]): int(i) for i in rows}
     n = len(rows)
-    print(
-        f"streaming {n} {ds.name} queries through {svc.settings.redis_url} (prefix {keys.prefix})",
-        file=out,
+    print(f"streaming {n} {ds.name} queries through {router.settings.redis_url} (prefix {keys.prefix})",
+          file=out)  # fmt: skip
+    if opts.metrics_port:
+        print(f"metrics: router http://127.0.0.1:{opts.metrics_port}/metrics, learner "
+              f"http://127.0.0.1:{opts.metrics_port + 1}/metrics", file=out, flush=True)  # fmt: skip
+    stats = ProducerStats()
+    producing = asyncio.create_task(
+        produce(r, keys, ds, rows, opts.producer(), asyncio.Event(), stats)
     )
-    t0 = time.monotonic()
+    t0, last_print = time.monotonic(), 0.0
     try:
-        async with r.pipeline(transaction=False) as pipe:
-            for i in rows:
-                pipe.xadd(keys.queries, {"id": str(ds.ids[i]), "text": str(ds.texts[i])})
-            await pipe.execute()
-        labelled: set[str] = set()
-        last_id, last_print = "0-0", 0.0
-        due: list[tuple[float, str]] = []
         while not stop.is_set():
-            reply: Any = await r.xread({keys.responses: last_id}, count=500, block=100)
-            for _, entries in reply or []:
-                for eid, f in entries:
-                    last_id = eid.decode()
-                    due.append((time.monotonic() + opts.label_delay_s, f[b"id"].decode()))
+            await asyncio.sleep(0.1)
+            for task in (*serving, producing):
+                if task.done() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
             now = time.monotonic()
-            ready = [qid for t, qid in due if t <= now]
-            due = [(t, qid) for t, qid in due if t > now]
-            if ready:
-                async with r.pipeline(transaction=False) as pipe:
-                    for qid in ready:
-                        pipe.xadd(keys.feedback, {"id": qid, "label": str(ds.labels[by_id[qid]])})
-                    await pipe.execute()
-                labelled.update(ready)
             answered = int(await r.xlen(keys.responses))
-            learner = svc.learner
-            joined = learner.m.feedback.labels("joined")._value.get() if learner else 0
-            handled = (
-                sum(
-                    learner.m.feedback.labels(o)._value.get()
-                    for o in ("joined", "not_learnable", "unknown", "duplicate")
-                )
-                if learner
-                else 0
+            joined = learner.outcomes["joined"]
+            handled = sum(
+                learner.outcomes[o] for o in ("joined", "not_learnable", "unknown", "duplicate")
             )
-            if now - last_print >= PROGRESS_EVERY_S or (answered == n and handled >= n):
+            finished = answered >= n and handled >= n + opts.bad_queries
+            if now - last_print >= PROGRESS_EVERY_S or finished:
                 last_print = now
-                version = svc.learner.policy.version if svc.learner else 0
-                print(f"  {now - t0:6.1f} s  answered {answered}/{n}  labels sent {len(labelled)}  "
-                      f"learned {int(joined)}  model version {version}", file=out, flush=True)  # fmt: skip
-            if answered >= n and handled >= n:
+                print(f"  {now - t0:6.1f} s  answered {answered}/{n}  labels sent {stats.labels_sent}  "
+                      f"learned {joined}  model version {learner.policy.version}", file=out, flush=True)  # fmt: skip
+            if finished:
                 break
             if now - t0 > opts.timeout_s:
                 raise MetalLMError(
@@ -185,14 +208,17 @@ async def _drive(
                 )
     finally:
         stop.set()
-        await serving
-    report = await _report(r, keys, ds, by_id, svc)
-    await svc.close()
-    return report
+        producing.cancel()
+        await asyncio.gather(producing, *serving, return_exceptions=True)
+    try:
+        return await _report(r, keys, ds, by_id, learner)
+    finally:
+        await router.close()
+        await learner_svc.close()
 
 
 async def _report(
-    r: aioredis.Redis, keys: Keys, ds: Dataset, by_id: dict[str, int], svc: Service
+    r: aioredis.Redis, keys: Keys, ds: Dataset, by_id: dict[str, int], learner: Learner
 ) -> dict[str, Any]:
     raw: Any = await r.xrange(keys.responses)
     resp = [{k.decode(): v.decode() for k, v in f.items()} for _, f in raw]
@@ -203,7 +229,6 @@ async def _report(
     right = [float(x["label"] == ds.labels[by_id[q]]) for q, x in seen.items()]
     cost = [float(x["cost_usd"]) for x in seen.values()]
     share = Counter(x["arm"] for x in seen.values())
-    learner = svc.learner
     return {
         "dataset": ds.name,
         "queries": len(by_id),
@@ -221,8 +246,8 @@ async def _report(
             "cost_per_10k": float(np.mean(cost) * 1e4),
             "share": {a: share[a] / len(seen) for a in ds.arms if share[a]},
         },
-        "model_version": learner.policy.version if learner else 0,
-        "updates": learner.updates if learner else 0,
+        "model_version": learner.policy.version,
+        "updates": learner.updates,
     }
 
 
