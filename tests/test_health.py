@@ -221,3 +221,34 @@ def test_operator_settings_come_from_env() -> None:
     assert (s.budget_usd_per_hour, s.accuracy_floor) == (40.0, 0.85)
     with pytest.raises(ConfigError, match="METALLM_ACCURACY_FLOOR = 'high' is not a valid float"):
         ServiceSettings.from_env({"METALLM_ACCURACY_FLOOR": "high"})
+
+
+def test_the_sum_of_rewards_is_exported_although_rewards_can_be_negative(
+    redis_url: str, prefix: str
+) -> None:
+    """client_python drops the _sum of a histogram with negative buckets (in both exposition
+    formats); the mean reward per arm on the dashboard comes from the gain and loss counters."""
+    port = free_port()
+    svc = Service(ServiceSettings(redis_url=redis_url, prefix=prefix, metrics_port=port),
+                  builtin_config("overruling"), roles=("learner",))  # fmt: skip
+
+    async def main() -> str:
+        await svc.start()
+        try:
+            for r in (-0.25, 1.0, 0.75, -0.5):
+                svc.metrics.reward.labels("gpt-4").observe(r)
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/metrics",
+                headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"},
+            )
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(req).read().decode())
+        finally:
+            await svc.close()
+
+    text = asyncio.run(main())
+    assert 'metallm_reward_gain_total{arm="gpt-4"} 1.75' in text
+    assert 'metallm_reward_loss_total{arm="gpt-4"} 0.75' in text
+    assert 'metallm_reward_count{arm="gpt-4"} 4.0' in text
+    assert 'metallm_reward_bucket{arm="gpt-4",le="-0.1"} 2.0' in text
+    # (gain − loss) / count = the mean reward, 0.25
+    assert 'metallm_reward_gain_total{arm="gpt-x"}' not in text

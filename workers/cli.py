@@ -279,7 +279,10 @@ def _add_service_commands(sub: Any) -> None:
         "--label-delay-s", type=float, default=1.0, help="delay before a label is sent (default 1)"
     )
     prod.add_argument(
-        "--bad-queries", type=int, default=0, help="queries without text to send first (default 0)"
+        "--bad-queries",
+        type=int,
+        default=0,
+        help="queries without text, spread over the first round (default 0)",
     )
     prod.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
 

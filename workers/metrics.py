@@ -21,6 +21,39 @@ DECISION_KINDS = ("explored", "exploited")
 STAGES = ("embed", "decide", "dispatch")
 
 
+class RewardMetric:
+    """Rewards a − p·c learned, by arm: their distribution (histogram ``metallm_reward``) and
+    their sum as two counters, ``metallm_reward_gain_total`` (positive rewards) and
+    ``metallm_reward_loss_total`` (minus the negative ones). client_python leaves out the
+    ``_sum`` of a histogram with negative buckets, and a counter cannot go down; two counters
+    keep the sum exact across restarts. Mean reward over a window:
+    (rate(gain) − rate(loss)) / rate(metallm_reward_count)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram("metallm_reward", "Rewards learned, by arm", ["arm"],
+                                   buckets=REWARD_BUCKETS, registry=registry)  # fmt: skip
+        self.gain = Counter("metallm_reward_gain_total", "Sum of the positive rewards learned, by arm",
+                            ["arm"], registry=registry)  # fmt: skip
+        self.loss = Counter("metallm_reward_loss_total", "Minus the sum of the negative rewards learned, "
+                            "by arm", ["arm"], registry=registry)  # fmt: skip
+
+    def labels(self, arm: str) -> _ArmReward:
+        return _ArmReward(self, arm)
+
+
+class _ArmReward:
+    def __init__(self, metric: RewardMetric, arm: str) -> None:
+        self.histogram = metric.histogram.labels(arm)
+        self.gain, self.loss = metric.gain.labels(arm), metric.loss.labels(arm)
+
+    def observe(self, reward: float) -> None:
+        self.histogram.observe(reward)
+        if reward >= 0:
+            self.gain.inc(reward)
+        else:
+            self.loss.inc(-reward)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -51,9 +84,7 @@ class Metrics:
                              ["stream"], registry=r)  # fmt: skip
         self.feedback = Counter("metallm_feedback_total", "Feedback by outcome (joined, unknown, "
                                 "duplicate, expired, defaulted, invalid)", ["outcome"], registry=r)  # fmt: skip
-        # A histogram, not a counter: rewards a − p·c can be negative.
-        self.reward = Histogram("metallm_reward", "Rewards learned, by arm", ["arm"],
-                                buckets=REWARD_BUCKETS, registry=r)  # fmt: skip
+        self.reward = RewardMetric(r)
         self.correct = Counter("metallm_correct_total", "Labelled answers that were right, by arm",
                                ["arm"], registry=r)  # fmt: skip
         self.labelled = Counter("metallm_labelled_total", "Answers whose label arrived, by arm",
@@ -96,6 +127,7 @@ class Metrics:
         for arm in arms:
             self.correct.labels(arm)
             self.labelled.labels(arm)
+            self.reward.labels(arm)
         for outcome in FEEDBACK_OUTCOMES:
             self.feedback.labels(outcome)
         for stage in LEARNER_DEAD_LETTER_STAGES:

@@ -27,8 +27,8 @@ BAD_QUERY_TEXT = ""  # a query without text: the router dead-letters it (stage "
 class ProducerOptions:
     """``rate_qps``: queries per second (None: all at once); ``rounds``: passes over the rows
     (0: forever; ids of later rounds get a ``#round`` suffix); ``bad_queries``: queries
-    without text sent first (each also gets a label, which the learner counts as unknown),
-    to show the dead-letter and feedback paths working."""
+    without text spread over the first round (each also gets a label, which the learner
+    counts as unknown), to show the dead-letter and feedback paths working."""
 
     rate_qps: float | None = None
     label_delay_s: float = 1.0
@@ -82,36 +82,34 @@ async def produce(
 
 async def _send(r: aioredis.Redis, keys: Keys, ds: Dataset, rows: np.ndarray, opts: ProducerOptions,
                 stop: asyncio.Event, stats: ProducerStats, labels: dict[str, str]) -> None:  # fmt: skip
-    async with r.pipeline(transaction=False) as pipe:
-        for k in range(opts.bad_queries):
-            pipe.xadd(keys.queries, {"id": f"bad-{k}", "text": BAD_QUERY_TEXT})
-            pipe.xadd(keys.feedback, {"id": f"bad-{k}", "label": "none"})
-        await pipe.execute()
+    # Bad queries are spread evenly over the first round, so they show over time.
+    bad_after = {(k + 1) * len(rows) // (opts.bad_queries + 1): k for k in range(opts.bad_queries)}
     t0 = time.monotonic()
-    rnd = 0
+    rnd = sent = 0
     while not stop.is_set() and (opts.rounds == 0 or rnd < opts.rounds):
         suffix = f"#{rnd}" if rnd else ""
-        if opts.rate_qps is None:
-            async with r.pipeline(transaction=False) as pipe:
-                for i in rows:
-                    qid = f"{ds.ids[i]}{suffix}"
-                    labels[qid] = str(ds.labels[i])
-                    pipe.xadd(keys.queries, {"id": qid, "text": str(ds.texts[i])})
-                await pipe.execute()
-            stats.sent += len(rows)
-        else:
-            for i in rows:
-                # Paced against the start, so that a slow XADD does not lower the rate.
-                wait = t0 + stats.sent / opts.rate_qps - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if stop.is_set():
-                    break
+        async with r.pipeline(transaction=False) as pipe:
+            for n, i in enumerate(rows):
+                if opts.rate_qps is not None:
+                    # Paced against the start, so that a slow XADD does not lower the rate.
+                    wait = t0 + sent / opts.rate_qps - time.monotonic()
+                    if wait > 0:
+                        await pipe.execute()
+                        await asyncio.sleep(wait)
+                    if stop.is_set():
+                        break
+                if rnd == 0 and n in bad_after:
+                    bad = f"bad-{bad_after[n]}"
+                    pipe.xadd(keys.queries, {"id": bad, "text": BAD_QUERY_TEXT})
+                    pipe.xadd(keys.feedback, {"id": bad, "label": "none"})
                 qid = f"{ds.ids[i]}{suffix}"
                 labels[qid] = str(ds.labels[i])
-                await r.xadd(keys.queries, {"id": qid, "text": str(ds.texts[i])})
-                stats.sent += 1
+                pipe.xadd(keys.queries, {"id": qid, "text": str(ds.texts[i])})
+                sent += 1
+            await pipe.execute()
+        stats.sent = sent
         rnd += 1
+    stats.sent = sent
     stats.done_sending = True
 
 
