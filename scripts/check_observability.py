@@ -533,14 +533,18 @@ def check_live(rep: Report, args: argparse.Namespace) -> None:
             t_up = time.monotonic()
 
             def enough() -> bool:
-                labelled = finite(prom.query("sum(metallm_labelled_total)")[1])
-                return (
-                    bool(labelled)
-                    and labelled[0] >= args.min_labels
-                    and time.monotonic() - t_up >= 20
-                )
+                """Enough labels, and the injected faults seen by Prometheus (rate windows
+                need a sample before and after the first event)."""
+                for expr, least in (("sum(metallm_labelled_total)", args.min_labels),
+                                    ("sum(metallm_dead_letters_total)", 1),
+                                    ("sum(metallm_fallbacks_total)", 1)):  # fmt: skip
+                    values = finite(prom.query(expr)[1])
+                    if not values or values[0] < least:
+                        return False
+                return time.monotonic() - t_up >= 20
 
-            wait_until(f"{args.min_labels} labels learned", enough, args.timeout_s, procs)
+            wait_until(f"{args.min_labels} labels learned, a dead letter and a fallback seen",
+                       enough, args.timeout_s, procs)  # fmt: skip
             evaluate(rep, prom, demo, args)
             rc = demo.wait(timeout=args.timeout_s)
             log = (tmp / "demo.log").read_text(errors="replace")
