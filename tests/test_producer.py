@@ -52,6 +52,7 @@ def test_paced_queries_bad_ones_spread_and_labels_after_each_answer(
         )
         took = time.monotonic() - t0
         router.cancel()
+        await asyncio.gather(router, return_exceptions=True)
         assert (stats.sent, stats.answered, stats.labels_sent) == (20, 20, 20)
         queries = [f for _, f in await r.xrange(keys.queries)]
         feedback = [f for _, f in await r.xrange(keys.feedback)]
@@ -99,6 +100,7 @@ def test_labels_wait_for_the_delay(redis_url: str, prefix: str) -> None:
         )
         await asyncio.sleep(0.1)
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         await r.aclose()
         await producer.aclose()
         return [t_label[q] - t_answer[q] for q in t_answer]
@@ -119,3 +121,29 @@ def test_labels_wait_for_the_delay(redis_url: str, prefix: str) -> None:
 def test_bad_producer_options_are_named(kw: dict[str, float], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         ProducerOptions(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:p%40ss@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("redis://user:pw@host:1/0", "redis://user:***@host:1/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_the_demo_never_prints_a_redis_password(url: str, shown: str) -> None:
+    from workers.demo import redacted
+
+    assert redacted(url) == shown
+
+
+def test_produce_reports_a_bad_option_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "workers.cli", "produce", "--rounds", "0"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "metallm: error: rounds = 0 (forever) needs a rate in queries per second"
+    )

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -110,6 +111,11 @@ def redis_for_run(url: str | None) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+def redacted(url: str) -> str:
+    """``url`` without its password, for printing."""
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+
+
 def run_demo(
     ds: Dataset,
     config: RoutingConfig,
@@ -173,7 +179,7 @@ async def _drive(
     serving = [asyncio.create_task(svc.run(stop)) for svc in (learner_svc, router)]
     by_id = {str(ds.ids[i]): int(i) for i in rows}
     n = len(rows)
-    print(f"streaming {n} {ds.name} queries through {router.settings.redis_url} (prefix {keys.prefix})",
+    print(f"streaming {n} {ds.name} queries through {redacted(router.settings.redis_url)} (prefix {keys.prefix})",
           file=out)  # fmt: skip
     if opts.metrics_port:
         print(f"metrics: router http://127.0.0.1:{opts.metrics_port}/metrics, learner "
