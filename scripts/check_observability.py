@@ -433,6 +433,25 @@ def process(cmd: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen[b
                 proc.wait()
 
 
+def free_port_pair() -> int:
+    """P with P and P + 1 free on all addresses (the demo's router and learner), below the
+    ephemeral range, where an outgoing connection could take P + 1 before the learner binds it."""
+    import random
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12_000), low - 1)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("0.0.0.0", port))
+                b.bind(("0.0.0.0", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two free consecutive ports below the ephemeral range")
+
+
 def wait_until(
     what: str, cond: Any, timeout_s: float, procs: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -468,9 +487,8 @@ def prometheus_config(tmp: Path, metrics_port: int, prom_port: int) -> Path:
 
 def check_live(rep: Report, args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="metallm-observability-"))
-    redis_port, metrics_port, prom_port = free_port(), free_port(), free_port()
-    while metrics_port + 1 in (redis_port, prom_port):
-        metrics_port = free_port()
+    redis_port, prom_port = free_port(), free_port()
+    metrics_port = free_port_pair()
     config = prometheus_config(tmp, metrics_port, prom_port)
     res = run(["promtool", "check", "config", str(config)])
     rep.check(res.returncode == 0, "promtool check config of the check's Prometheus (production jobs, static targets)",
