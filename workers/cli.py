@@ -23,6 +23,7 @@ from bandit.datasets import DATA_DIR_ENV, LOADERS, Dataset, load_dataset, make_s
 from bandit.embedder import Embedder
 from bandit.errors import MetalLMError
 from bandit.policy import VW_EXPLORERS
+from workers.settings import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger("metallm")
 CACHE_DIR_ENV = "METALLM_CACHE_DIR"
@@ -156,7 +157,9 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-dir", help="also write model snapshots here, and load the newest on start"
     )
-    p.add_argument("--batch-size", type=int, help="queries per XREADGROUP (default 32)")
+    p.add_argument(
+        "--batch-size", type=int, help=f"queries per XREADGROUP (default {DEFAULT_BATCH_SIZE})"
+    )
     p.add_argument(
         "--reward-wait-s", type=float, help="how long a decision waits for its label (default 3600)"
     )
