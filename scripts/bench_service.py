@@ -68,6 +68,22 @@ class ReplaySubprocess:
         self.proc.wait(timeout=10)
 
 
+def raw_embed(emb: Embedder, texts: list[str], batch: int) -> tuple[float, float]:
+    """(sentences/s, CPU ms per sentence) of the raw model called on ``batch`` texts at a time."""
+    cpu0, t0 = _cpu_s(os.getpid()), time.perf_counter()
+    for start in range(0, len(texts), batch):
+        emb.encode(texts[start : start + batch])
+    elapsed, cpu = time.perf_counter() - t0, _cpu_s(os.getpid()) - cpu0
+    return len(texts) / elapsed, cpu * 1000 / len(texts)
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -87,12 +103,13 @@ def sst2(n: int, data_dir: str | None) -> list[str]:
 
 
 async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: float | None,
-                    data_dir: str | None) -> dict[str, Any]:  # fmt: skip
+                    data_dir: str | None, batch_size: int) -> dict[str, Any]:  # fmt: skip
     cfg = builtin_config("imdb")  # sentiment arms; SST-2 sentences are unknown to the replay
     replay = ReplaySubprocess(latency_ms, data_dir)
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, snapshot_every_updates=10_000,
-                               snapshot_every_s=30, max_in_flight=512, provider_concurrency=512)  # fmt: skip
+                               snapshot_every_s=30, max_in_flight=512, provider_concurrency=512,
+                               batch_size=batch_size)  # fmt: skip
     svc = Service(settings, cfg, env={"METALLM_REPLAY_URL": replay.url})
     keys = Keys(prefix)
     r: aioredis.Redis = aioredis.from_url(url)
@@ -102,6 +119,7 @@ async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: flo
     svc.router.embedder.embed(["warm up the model"])
     task = asyncio.create_task(svc.run(stop))
     n = len(texts)
+    cpu0, replay_cpu0 = _cpu_s(os.getpid()), _cpu_s(replay.proc.pid)
     t0 = time.perf_counter()
     if rate_qps is None:
         async with r.pipeline(transaction=False) as pipe:
@@ -115,12 +133,17 @@ async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: flo
     while await r.xlen(keys.responses) < n:
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - t0
+    cpu_ms = {"serve": (_cpu_s(os.getpid()) - cpu0) * 1000 / n,
+              "replay": (_cpu_s(replay.proc.pid) - replay_cpu0) * 1000 / n}  # fmt: skip
+    stage_ms = {stage: 1000 / n * (svc.registry.get_sample_value(
+                    "metallm_stage_latency_seconds_sum", {"stage": stage}) or 0.0)
+                for stage in ("embed", "decide", "dispatch")}  # fmt: skip
     q_ms = {f[b"id"]: int(eid.split(b"-")[0]) for eid, f in await r.xrange(keys.queries)}
     lat = np.array(
         [int(eid.split(b"-")[0]) - q_ms[f[b"id"]] for eid, f in await r.xrange(keys.responses)]
     )
     out: dict[str, Any] = {"qps": n / elapsed, "p50_ms": np.percentile(lat, 50), "p95_ms": np.percentile(lat, 95),
-                           "p99_ms": np.percentile(lat, 99)}  # fmt: skip
+                           "p99_ms": np.percentile(lat, 99), "cpu_ms": cpu_ms, "stage_ms": stage_ms}  # fmt: skip
     stop.set()
     await task
     await svc.close()
@@ -223,6 +246,8 @@ def main() -> None:
     ap.add_argument(
         "--queries", type=int, default=2000, help="queries per throughput phase (0: skip)"
     )
+    ap.add_argument("--batch-size", type=int, default=ServiceSettings().batch_size,
+                    help="queries the router reads per batch (default: the service's)")  # fmt: skip
     ap.add_argument("--learner-updates", type=int, default=20_000,
                     help="labels for the learner phase (0: skip)")  # fmt: skip
     ap.add_argument("--rss-queries", type=int, default=0)
@@ -242,23 +267,28 @@ def main() -> None:
           f"({len(texts)} SST-2 sentences, sorted by length inside sentence-transformers)")  # fmt: skip
     with redis_for_run(os.environ.get("REDIS_URL") or _local_or_none()) as url:
         for latency in (0.0, 300.0):
-            # The baseline, measured right before each phase: the raw model on batches of 32
-            # in arrival order, as the router gets them.
-            t0 = time.perf_counter()
-            for start in range(0, len(texts), 32):
-                emb.encode(texts[start : start + 32])
-            raw_qps = len(texts) / (time.perf_counter() - t0)
-            print(
-                f"raw embedder: {raw_qps:.0f} sentences/s in batches of 32 in arrival order",
-                flush=True,
+            # The baseline, measured right before each phase: the raw model called on the
+            # router's read batches in arrival order, as the router gets them (and on batches
+            # of 32, the model's own batch size, when the router reads more at a time).
+            raw = {b: raw_embed(emb, texts, b) for b in sorted({32, args.batch_size})}
+            raw_qps, raw_cpu_ms = raw[args.batch_size]
+            for b, (qps, cpu) in raw.items():
+                print(f"raw embedder: {qps:.0f} sentences/s ({cpu:.1f} CPU ms each) "
+                      f"called on {b} sentences at a time in arrival order", flush=True)  # fmt: skip
+            burst = asyncio.run(
+                run_phase(url, latency, texts, None, args.data_dir, args.batch_size)
             )
-            burst = asyncio.run(run_phase(url, latency, texts, None, args.data_dir))
             paced = asyncio.run(run_phase(url, latency, texts[: args.queries // 2], burst["qps"] / 2,
-                                          args.data_dir))  # fmt: skip
+                                          args.data_dir, args.batch_size))  # fmt: skip
             line = (f"serve, LLM latency {latency:.0f} ms: burst {burst['qps']:.0f} queries/s "
                     f"(ratio to raw embedder {burst['qps'] / raw_qps:.2f}); at {burst['qps'] / 2:.0f} q/s offered: "
                     f"p50 {paced['p50_ms']:.0f} ms, p95 {paced['p95_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms")  # fmt: skip
             print(line, flush=True)
+            cpu = burst["cpu_ms"]
+            print(f"   CPU ms per query in the burst: serve process {cpu['serve']:.1f} (the raw model "
+                  f"{raw_cpu_ms:.1f}), replay server {cpu['replay']:.1f}"
+                  + "".join(f"; ratio to raw embedder on batches of {b}: {burst['qps'] / q:.2f}"
+                            for b, (q, _) in raw.items() if b != args.batch_size), flush=True)  # fmt: skip
         if args.learner_updates:
             got = asyncio.run(learner_phase(url, vectors, texts, args.learner_updates))
             print(f"learner: {got['updates_per_s']:.0f} updates/s over {args.learner_updates} labels "
