@@ -574,7 +574,21 @@ def check_live(rep: Report, args: argparse.Namespace) -> None:
                 if ln.startswith(("metallm demo —", "  metallm router"))
             ]
             print("\n".join(f"      {ln.strip()}" for ln in summary))
+            check_workers_gone(rep, prom, [prom_proc])
     shutil.rmtree(tmp, ignore_errors=True) if not rep.failures else print(f"logs kept in {tmp}")
+
+
+def check_workers_gone(rep: Report, prom: Prometheus, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Once the demo has exited its workers cannot be scraped: the alerts on workers must see it."""
+    by_name = {r.get("alert"): r["expr"] for r in rules()}
+
+    def down() -> bool:
+        return len(finite(prom.query('up{job=~"metallm-.*"} == 0')[1])) == 2
+
+    wait_until("the stopped demo's workers scraped as down", down, 30, procs)
+    for name in ("MetallmWorkerDown", "MetallmLearnerNotSingle"):
+        err, result = prom.query(by_name[name])
+        rep.check(err is None and bool(result), f"alert {name} has data once the workers are gone")
 
 
 def _http_ok(url: str) -> bool:
