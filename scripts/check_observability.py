@@ -45,11 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 sys.path.insert(0, str(ROOT))
 
-from bandit.config import load_config  # noqa: E402
-from workers.demo import free_port  # noqa: E402
-from workers.health import PATHS  # noqa: E402
-from workers.metrics import Metrics  # noqa: E402
-from workers.settings import ServiceSettings  # noqa: E402
 
 JOBS = ("metallm-router", "metallm-learner")
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY)", re.I)
@@ -89,6 +84,8 @@ def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
 def metric_names() -> set[str]:
     from prometheus_client import CollectorRegistry
 
+    from workers.metrics import Metrics
+
     names = set()
     for metric in Metrics(CollectorRegistry()).registry.collect():
         names.add(metric.name)
@@ -108,6 +105,8 @@ def check_metric_names(rep: Report, where: str, exprs: list[str], known: set[str
 
 
 def settings_names() -> set[str]:
+    from workers.settings import ServiceSettings
+
     return {f"METALLM_{f.name.upper()}" for f in fields(ServiceSettings)}
 
 
@@ -123,6 +122,9 @@ def check_env_names(rep: Report, where: str, env: dict[str, Any]) -> None:
 
 
 def check_compose(rep: Report) -> None:
+    from bandit.config import load_config
+    from workers.settings import ServiceSettings
+
     path = DEPLOY / "compose.yaml"
     res = run(
         [
@@ -238,6 +240,8 @@ def dig(doc: Any, dotted: str) -> Any:
 
 def check_k8s(rep: Report) -> None:
     import kubernetes_validate
+
+    from workers.health import PATHS
 
     docs = list(k8s_docs())
     by_kind: dict[tuple[str, str], dict[str, Any]] = {}
@@ -486,6 +490,8 @@ def prometheus_config(tmp: Path, metrics_port: int, prom_port: int) -> Path:
 
 
 def check_live(rep: Report, args: argparse.Namespace) -> None:
+    from workers.demo import free_port
+
     tmp = Path(tempfile.mkdtemp(prefix="metallm-observability-"))
     redis_port, prom_port = free_port(), free_port()
     metrics_port = free_port_pair()
