@@ -35,9 +35,11 @@ def test_paced_queries_bad_ones_spread_and_labels_after_each_answer(
         r = aioredis.from_url(redis_url, decode_responses=True)  # the router's side
         producer = aioredis.from_url(redis_url)
 
+        done = asyncio.Event()  # stop by a flag, not by cancelling a blocked XREAD
+
         async def answer_like_a_router() -> None:
             last = "0-0"
-            while True:
+            while not done.is_set():
                 reply = await r.xread({keys.queries: last}, block=50)
                 for _, entries in reply or []:
                     for eid, f in entries:
@@ -51,8 +53,8 @@ def test_paced_queries_bad_ones_spread_and_labels_after_each_answer(
             produce(producer, keys, ds, np.arange(len(ds)), opts, asyncio.Event()), 30
         )
         took = time.monotonic() - t0
-        router.cancel()
-        await asyncio.gather(router, return_exceptions=True)
+        done.set()
+        await router
         assert (stats.sent, stats.answered, stats.labels_sent) == (20, 20, 20)
         queries = [f for _, f in await r.xrange(keys.queries)]
         feedback = [f for _, f in await r.xrange(keys.feedback)]
@@ -80,9 +82,11 @@ def test_labels_wait_for_the_delay(redis_url: str, prefix: str) -> None:
         t_answer: dict[str, float] = {}
         t_label: dict[str, float] = {}
 
+        done = asyncio.Event()
+
         async def router_and_watcher() -> None:
             lq, lf = "0-0", "0-0"
-            while True:
+            while not done.is_set():
                 reply = await r.xread({keys.queries: lq, keys.feedback: lf}, block=20)
                 for stream, entries in reply or []:
                     for eid, f in entries:
@@ -95,12 +99,11 @@ def test_labels_wait_for_the_delay(redis_url: str, prefix: str) -> None:
                             t_label[f["id"]] = time.monotonic()
 
         watcher = asyncio.create_task(router_and_watcher())
-        await produce(
-            producer, keys, ds, np.arange(3), ProducerOptions(label_delay_s=0.5), asyncio.Event()
-        )
+        opts = ProducerOptions(label_delay_s=0.5)
+        await asyncio.wait_for(produce(producer, keys, ds, np.arange(3), opts, asyncio.Event()), 30)
         await asyncio.sleep(0.1)
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        done.set()
+        await watcher
         await r.aclose()
         await producer.aclose()
         return [t_label[q] - t_answer[q] for q in t_answer]

@@ -185,8 +185,9 @@ async def _drive(
         print(f"metrics: router http://127.0.0.1:{opts.metrics_port}/metrics, learner "
               f"http://127.0.0.1:{opts.metrics_port + 1}/metrics", file=out, flush=True)  # fmt: skip
     stats = ProducerStats()
+    producer_stop = asyncio.Event()  # a flag, not cancel(): never stop it inside a Redis call
     producing = asyncio.create_task(
-        produce(r, keys, ds, rows, opts.producer(), asyncio.Event(), stats)
+        produce(r, keys, ds, rows, opts.producer(), producer_stop, stats)
     )
     t0, last_print = time.monotonic(), 0.0
     try:
@@ -214,7 +215,7 @@ async def _drive(
                 )
     finally:
         stop.set()
-        producing.cancel()
+        producer_stop.set()
         await asyncio.gather(producing, *serving, return_exceptions=True)
     try:
         return await _report(r, keys, ds, by_id, learner)

@@ -71,11 +71,13 @@ async def produce(
     labels: dict[str, str] = {}
     last: Any = await r.xrevrange(keys.responses, count=1)
     start_id = last[0][0].decode() if last else "0-0"
-    sender = asyncio.create_task(_send(r, keys, ds, rows, opts, stop, stats, labels))
+    # The sender is stopped by a flag, never cancelled inside a Redis call.
+    halt = asyncio.Event()
+    sender = asyncio.create_task(_send(r, keys, ds, rows, opts, halt, stats, labels))
     try:
         await _follow(r, keys, opts, stop, stats, labels, start_id)
     finally:
-        sender.cancel()
+        halt.set()
         await asyncio.gather(sender, return_exceptions=True)
     return stats
 
