@@ -84,10 +84,11 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident set (VmRSS) or its peak so far (VmHWM), in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -201,7 +202,7 @@ async def learner_phase(
     return {"updates_per_s": rate, "vw_updates_per_s": vw_rate}
 
 
-async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, float]]:
+async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, float, float]]:
     """Stream n queries in chunks, with their labels, sampling RSS after each chunk."""
     cfg = builtin_config("imdb")
     replay = ReplaySubprocess(0.0, data_dir)
@@ -228,8 +229,9 @@ async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, flo
             await pipe.execute()
         # Trim what has been consumed, as an operator would (MAXLEN on the producers).
         await r.xtrim(keys.responses, maxlen=1000, approximate=False)
-        samples.append((min(start + chunk, n), rss_mb()))
-        print(f"   {samples[-1][0]:>7} queries  RSS {samples[-1][1]:7.1f} MB", flush=True)
+        samples.append((min(start + chunk, n), rss_mb(), rss_mb("VmHWM")))
+        print(f"   {samples[-1][0]:>7} queries  RSS {samples[-1][1]:7.1f} MB  peak so far "
+              f"{samples[-1][2]:7.1f} MB", flush=True)  # fmt: skip
     stop.set()
     await task
     await svc.close()
@@ -301,10 +303,10 @@ def main() -> None:
 def rss(url: str, n: int, data_dir: str | None) -> None:
     print(f"RSS over {n} queries (with labels):")
     samples = asyncio.run(rss_run(url, n, data_dir))
-    first, last = samples[0][1], samples[-1][1]
-    print(
-        f"RSS after the first chunk {first:.1f} MB, at the end {last:.1f} MB ({last / first:.2f}×)"
-    )
+    half = samples[len(samples) // 2]
+    print(f"RSS after the first chunk {samples[0][1]:.1f} MB, at the end {samples[-1][1]:.1f} MB; "
+          f"peak RSS {half[2]:.1f} MB at {half[0]} queries, {samples[-1][2]:.1f} MB at the end "
+          f"({samples[-1][2] / half[2]:.2f}× over the second half)")  # fmt: skip
 
 
 def _local_or_none() -> str | None:
