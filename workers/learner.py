@@ -87,6 +87,7 @@ class Learner:
         self.outcomes: Counter[str] = Counter()  # feedback outcomes, as in metallm_feedback_total
         self.updates = 0
         self._join = redis.register_script(JOIN_SCRIPT)
+        self._per_arm: dict[str, tuple[Any, Any, Any]] = {}
         metrics.model_version.set(policy.version)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -177,11 +178,16 @@ class Learner:
         arm, cost = int(record["arm"]), float(record["cost"])
         self.policy.learn_line(record["shared"], arm, float(record["prob"]), correct, cost)
         name = record.get("arm_name", str(arm))
+        per_arm = self._per_arm.get(name)
+        if per_arm is None:  # the labelled children, looked up once per arm
+            per_arm = self._per_arm[name] = (self.m.labelled.labels(name), self.m.correct.labels(name),
+                                             self.m.reward.labels(name))  # fmt: skip
+        labelled, right, reward = per_arm
         self.m.updates.inc()
         self.updates += 1
-        self.m.labelled.labels(name).inc()
-        self.m.correct.labels(name).inc(correct)
-        self.m.reward.labels(name).observe(correct - self.policy.config.p * cost)
+        labelled.inc()
+        right.inc(correct)
+        reward.observe(correct - self.policy.config.p * cost)
         self._since_publish += 1
 
     async def expire_due(self) -> None:
