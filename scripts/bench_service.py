@@ -153,6 +153,28 @@ async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: flo
     return out
 
 
+async def provider_phase(texts: list[str], data_dir: str | None) -> dict[str, float]:
+    """The real openai client alone against the replay server: calls/s and CPU ms per call
+    in this process (what every routed query costs the router besides embedding)."""
+    from workers.providers.openai import OpenAIProvider
+
+    replay = ReplaySubprocess(0.0, data_dir)
+    provider = OpenAIProvider("Google", api_key="bench", base_url=f"{replay.url}/v1")
+    await provider.complete("warm up")
+    limit = asyncio.Semaphore(64)
+
+    async def one(text: str) -> None:
+        async with limit:
+            await provider.complete(text)
+
+    cpu0, t0 = _cpu_s(os.getpid()), time.perf_counter()
+    await asyncio.gather(*(one(t) for t in texts))
+    elapsed, cpu = time.perf_counter() - t0, _cpu_s(os.getpid()) - cpu0
+    await provider.close()
+    replay.stop()
+    return {"calls_per_s": len(texts) / elapsed, "cpu_ms": cpu * 1000 / len(texts)}
+
+
 async def learner_phase(
     url: str, vectors: np.ndarray, texts: list[str], n: int
 ) -> dict[str, float]:
@@ -282,11 +304,16 @@ def main() -> None:
                     f"(ratio to raw embedder {burst['qps'] / raw_qps:.2f}); at {burst['qps'] / 2:.0f} q/s offered: "
                     f"p50 {paced['p50_ms']:.0f} ms, p95 {paced['p95_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms")  # fmt: skip
             print(line, flush=True)
-            cpu = burst["cpu_ms"]
+            cpu, st = burst["cpu_ms"], burst["stage_ms"]
             print(f"   CPU ms per query in the burst: serve process {cpu['serve']:.1f} (the raw model "
-                  f"{raw_cpu_ms:.1f}), replay server {cpu['replay']:.1f}"
+                  f"{raw_cpu_ms:.1f}), replay server {cpu['replay']:.1f}; stage embed {st['embed']:.1f} ms "
+                  f"per query (the raw model {1000 / raw_qps:.1f})"
                   + "".join(f"; ratio to raw embedder on batches of {b}: {burst['qps'] / q:.2f}"
                             for b, (q, _) in raw.items() if b != args.batch_size), flush=True)  # fmt: skip
+        if args.queries:
+            got = asyncio.run(provider_phase(texts, args.data_dir))
+            print(f"openai client alone against the replay server: {got['calls_per_s']:.0f} calls/s, "
+                  f"{got['cpu_ms']:.2f} CPU ms per call", flush=True)  # fmt: skip
         if args.learner_updates:
             got = asyncio.run(learner_phase(url, vectors, texts, args.learner_updates))
             print(f"learner: {got['updates_per_s']:.0f} updates/s over {args.learner_updates} labels "
