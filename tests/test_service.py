@@ -168,3 +168,32 @@ def test_provider_failures_are_retried_then_fall_back(
         run_with_service(svc, body)
     finally:
         flaky.stop()
+
+
+def test_a_router_exports_when_the_learner_published_its_model(
+    redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig], replay: ReplayServer
+) -> None:
+    """Model age on a router's dashboard is the age of the model, not of the router's copy."""
+    _, cfg = overruling
+    keys = Keys(prefix)
+
+    async def main() -> None:
+        learner = Service(settings(redis_url, prefix), cfg, roles=("learner",))
+        await learner.start()
+        published = float(await learner.redis.get(keys.model_published))
+        await asyncio.sleep(0.5)
+        router = Service(settings(redis_url, prefix), cfg, roles=("router",),
+                         env={"METALLM_REPLAY_URL": replay.url})  # fmt: skip
+        await router.start()
+        try:
+            got = router.registry.get_sample_value("metallm_model_published_timestamp_seconds")
+            assert got == pytest.approx(published, abs=1e-6)
+            assert time.time() - got >= 0.5
+            assert learner.registry.get_sample_value(
+                "metallm_model_published_timestamp_seconds"
+            ) == pytest.approx(published, abs=1e-6)
+        finally:
+            await router.close()
+            await learner.close()
+
+    asyncio.run(main())

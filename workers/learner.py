@@ -228,10 +228,11 @@ class Learner:
     async def publish(self) -> None:
         """Snapshot to Redis (bytes, then version, in one transaction) and to disk."""
         data = self.policy.to_bytes()
-        version = self.policy.version
+        version, now = self.policy.version, time.time()
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.model_bytes, data)
             pipe.set(self.keys.model_version, version)
+            pipe.set(self.keys.model_published, repr(now))
             pipe.publish(self.keys.model_channel, version)
             await pipe.execute()
         if self.settings.model_dir:
@@ -240,7 +241,7 @@ class Learner:
         self._last_publish = time.monotonic()
         self.published_version = version
         self.m.model_version.set(version)
-        self.m.model_published.set(time.time())
+        self.m.model_published.set(now)
         log.info("published model version %d (%d bytes)", version, len(data))
 
 

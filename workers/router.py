@@ -312,6 +312,15 @@ class Router:
             await pipe.execute()
 
     # -- model snapshots -----------------------------------------------------------------
+    async def note_published(self) -> None:
+        """Export when the learner published the model this router holds (the time it was
+        taken, for a snapshot that predates the published_at key)."""
+        raw: Any = await self.r.get(self.keys.model_published)
+        try:
+            self.m.model_published.set(float(raw) if raw is not None else time.time())
+        except ValueError:
+            self.m.model_published.set(time.time())
+
     async def maybe_reload(self, force: bool = False) -> bool:
         now = time.monotonic()
         if not force and now - self._last_reload_check < self.settings.reload_check_s:
@@ -333,6 +342,6 @@ class Router:
             return False
         self.policy = policy
         self.m.model_version.set(policy.version)
-        self.m.model_published.set(time.time())
+        await self.note_published()
         log.info("router %s loaded model version %d", self.consumer, policy.version)
         return True

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -99,7 +98,7 @@ class Service:
                                  providers, self.redis, self.metrics)  # fmt: skip
             self.metrics.init_router(self.config.arms.names)
             if not self.learner:
-                self.metrics.model_published.set(time.time())  # as a reload does: when taken
+                await self.router.note_published()
         self.health.model_version = self._model_version
 
     def _model_version(self) -> int | None:

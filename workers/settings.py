@@ -160,6 +160,11 @@ class Keys:
         return f"{self.prefix}model:version"
 
     @property
+    def model_published(self) -> str:
+        """When the learner published the snapshot in ``model_bytes`` (unix time)."""
+        return f"{self.prefix}model:published_at"
+
+    @property
     def model_channel(self) -> str:
         return f"{self.prefix}model:updates"
 
