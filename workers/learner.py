@@ -226,7 +226,7 @@ class Learner:
             await self.publish()
 
     async def publish(self) -> None:
-        """Snapshot to Redis (bytes, then version, in one transaction) and to disk."""
+        """Snapshot to Redis (bytes, version and publish time, in one transaction) and to disk."""
         data = self.policy.to_bytes()
         version, now = self.policy.version, time.time()
         async with self.r.pipeline(transaction=True) as pipe:
