@@ -84,9 +84,9 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(field: str = "VmRSS") -> float:
-    """This process's resident set (VmRSS) or its peak so far (VmHWM), in MB."""
-    with open("/proc/self/status") as f:
+def rss_mb(field: str = "VmRSS", pid: int | str = "self") -> float:
+    """A process's resident set (VmRSS) or its peak so far (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
@@ -103,24 +103,34 @@ def sst2(n: int, data_dir: str | None) -> list[str]:
     ]
 
 
+def embedder_pid(svc: Service) -> int | None:
+    """The serve process's embedder child, when it has one."""
+    return getattr(svc.router.embedder, "pid", None) if svc.router else None
+
+
+def serve_cpu_s(svc: Service) -> float:
+    """CPU seconds of serve: this process and its embedder child."""
+    child = embedder_pid(svc)
+    return _cpu_s(os.getpid()) + (_cpu_s(child) if child else 0.0)
+
+
 async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: float | None,
-                    data_dir: str | None, batch_size: int) -> dict[str, Any]:  # fmt: skip
+                    data_dir: str | None, batch_size: int, embedder_process: bool = True
+                    ) -> dict[str, Any]:  # fmt: skip
     cfg = builtin_config("imdb")  # sentiment arms; SST-2 sentences are unknown to the replay
     replay = ReplaySubprocess(latency_ms, data_dir)
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, snapshot_every_updates=10_000,
                                snapshot_every_s=30, max_in_flight=512, provider_concurrency=512,
-                               batch_size=batch_size)  # fmt: skip
+                               batch_size=batch_size, embedder_process=embedder_process)  # fmt: skip
     svc = Service(settings, cfg, env={"METALLM_REPLAY_URL": replay.url})
     keys = Keys(prefix)
     r: aioredis.Redis = aioredis.from_url(url)
     stop = asyncio.Event()
-    await svc.start()
-    assert svc.router is not None
-    svc.router.embedder.embed(["warm up the model"])
+    await svc.start()  # loads the model
     task = asyncio.create_task(svc.run(stop))
     n = len(texts)
-    cpu0, replay_cpu0 = _cpu_s(os.getpid()), _cpu_s(replay.proc.pid)
+    cpu0, replay_cpu0 = serve_cpu_s(svc), _cpu_s(replay.proc.pid)
     t0 = time.perf_counter()
     if rate_qps is None:
         async with r.pipeline(transaction=False) as pipe:
@@ -134,7 +144,7 @@ async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: flo
     while await r.xlen(keys.responses) < n:
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - t0
-    cpu_ms = {"serve": (_cpu_s(os.getpid()) - cpu0) * 1000 / n,
+    cpu_ms = {"serve": (serve_cpu_s(svc) - cpu0) * 1000 / n,
               "replay": (_cpu_s(replay.proc.pid) - replay_cpu0) * 1000 / n}  # fmt: skip
     stage_ms = {stage: 1000 / n * (svc.registry.get_sample_value(
                     "metallm_stage_latency_seconds_sum", {"stage": stage}) or 0.0)
@@ -251,9 +261,13 @@ async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, flo
             await pipe.execute()
         # Trim what has been consumed, as an operator would (MAXLEN on the producers).
         await r.xtrim(keys.responses, maxlen=1000, approximate=False)
-        samples.append((min(start + chunk, n), rss_mb(), rss_mb("VmHWM")))
-        print(f"   {samples[-1][0]:>7} queries  RSS {samples[-1][1]:7.1f} MB  peak so far "
-              f"{samples[-1][2]:7.1f} MB", flush=True)  # fmt: skip
+        # serve = this process + its embedder child; the peak is the sum of both peaks
+        child = embedder_pid(svc) or "self"
+        main_mb, child_mb = rss_mb(), rss_mb(pid=child) if child != "self" else 0.0
+        peak = rss_mb("VmHWM") + (rss_mb("VmHWM", child) if child != "self" else 0.0)
+        samples.append((min(start + chunk, n), main_mb + child_mb, peak))
+        print(f"   {samples[-1][0]:>7} queries  RSS {samples[-1][1]:7.1f} MB (router+learner "
+              f"{main_mb:.1f}, embedder {child_mb:.1f})  peak so far {peak:7.1f} MB", flush=True)  # fmt: skip
     stop.set()
     await task
     await svc.close()
@@ -305,7 +319,13 @@ def main() -> None:
                     f"p50 {paced['p50_ms']:.0f} ms, p95 {paced['p95_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms")  # fmt: skip
             print(line, flush=True)
             cpu, st = burst["cpu_ms"], burst["stage_ms"]
-            print(f"   CPU ms per query in the burst: serve process {cpu['serve']:.1f} (the raw model "
+            thread = asyncio.run(run_phase(url, latency, texts, None, args.data_dir, args.batch_size,
+                                           embedder_process=False))  # fmt: skip
+            print(f"   the embedder in a thread of serve instead (embedder_process = false): burst "
+                  f"{thread['qps']:.0f} queries/s (ratio {thread['qps'] / raw_qps:.2f}), "
+                  f"{thread['cpu_ms']['serve']:.1f} CPU ms per query; the child process gives "
+                  f"{burst['qps'] / thread['qps']:.2f}× that", flush=True)  # fmt: skip
+            print(f"   CPU ms per query in the burst: serve {cpu['serve']:.1f} (router process and embedder child; the raw model "
                   f"{raw_cpu_ms:.1f}), replay server {cpu['replay']:.1f}; stage embed {st['embed']:.1f} ms "
                   f"per query (the raw model {1000 / raw_qps:.1f})"
                   + "".join(f"; ratio to raw embedder on batches of {b}: {burst['qps'] / q:.2f}"

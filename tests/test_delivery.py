@@ -139,6 +139,28 @@ def wait_until(check, timeout_s: float = 90, proc: subprocess.Popen[bytes] | Non
         time.sleep(0.05)
 
 
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def pending(r: redis.Redis, keys: Keys) -> int:
     try:
         return int(r.xpending(keys.queries, "routers")["pending"])
@@ -160,9 +182,12 @@ def test_a_killed_router_loses_nothing(redis_url: str, prefix: str, overruling: 
     first = worker("route", redis_url, prefix, slow_replay.url, "--consumer", "doomed")
     try:
         wait_until(lambda: pending(r, keys) > 0, proc=first)
+        embedder_children = children(first.pid)
+        assert embedder_children  # the router embeds in a child process by default
         first.send_signal(signal.SIGKILL)  # in the middle of a batch: LLM calls take 1.5 s
         first.wait(timeout=10)
         assert r.xlen(keys.responses) == 0
+        wait_until(lambda: not any(alive(pid) for pid in embedder_children), timeout_s=10)
         second = worker("route", redis_url, prefix, slow_replay.url, "--consumer", "survivor")
         try:
             wait_until(lambda: r.xlen(keys.responses) >= n, proc=second)
@@ -219,8 +244,10 @@ def test_a_second_sigterm_exits_at_once(
         time.sleep(0.5)
         assert proc.poll() is None  # the first one waits for the LLM calls in flight
         t0 = time.monotonic()
+        embedder_children = children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 1 and time.monotonic() - t0 < 5
+        wait_until(lambda: not any(alive(pid) for pid in embedder_children), timeout_s=10)
         assert (
             r.xlen(keys.responses) == 0 and pending(r, keys) > 0
         )  # left for another router to claim

@@ -18,6 +18,12 @@ def test_file_then_env_then_options() -> None:
     s = ServiceSettings.from_env(env, file, batch_size=64, prefix=None)
     assert (s.batch_size, s.block_ms, s.prefix) == (64, 100, "from-file:")
     assert s.redis_url == "redis://example:6380/1" and s.default_reward == 0.25
+    assert s.embedder_process is True  # the default: the embedder in a child process
+    for word, value in (("false", False), ("0", False), ("Yes", True), ("on", True)):
+        assert (
+            ServiceSettings.from_env({"METALLM_EMBEDDER_PROCESS": word}).embedder_process is value
+        )
+    assert ServiceSettings.from_env({}, {"embedder_process": False}).embedder_process is False
 
 
 @pytest.mark.parametrize(
@@ -28,6 +34,12 @@ def test_file_then_env_then_options() -> None:
         ({"METALLM_DEFAULT_REWARD": "2"}, None, r"default_reward = 2.0 must be in \[0, 1\]"),
         ({}, {"batchsize": 3}, r"unknown setting\(s\) \['batchsize'\]"),
         ({}, {"reward_wait_s": -1}, "reward_wait_s = -1 must be > 0 seconds"),
+        (
+            {"METALLM_EMBEDDER_PROCESS": "maybe"},
+            None,
+            r"METALLM_EMBEDDER_PROCESS = 'maybe' is not a valid bool \(use true or false\)",
+        ),
+        ({}, {"embedder_process": "no"}, "embedder_process = 'no' must be true or false"),
     ],
 )
 def test_bad_settings(env: dict, file: dict | None, match: str) -> None:

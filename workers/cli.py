@@ -180,6 +180,14 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
         help="lowest acceptable router accuracy over labelled answers (0-1), exported as "
         "metallm_accuracy_floor for the accuracy alert (default 0 = none)",
     )
+    p.add_argument(
+        "--embed-in-process",
+        dest="embedder_process",
+        action="store_const",
+        const=False,
+        help="run the embedding model in a thread of the router instead of a child process of "
+        "its own (default: a child process; setting embedder_process)",
+    )
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     p.epilog = ("Every setting can also come from the environment: METALLM_<SETTING> (e.g. "
                 "METALLM_MAX_IN_FLIGHT, METALLM_SNAPSHOT_EVERY_UPDATES), REDIS_URL, OPENAI_API_KEY, "
@@ -326,6 +334,7 @@ def _settings(args: argparse.Namespace, cfg: RoutingConfig | None = None) -> Any
         reward_wait_s=getattr(args, "reward_wait_s", None), default_reward=getattr(args, "default_reward", None),
         budget_usd_per_hour=getattr(args, "budget_usd_per_hour", None),
         accuracy_floor=getattr(args, "accuracy_floor", None),
+        embedder_process=getattr(args, "embedder_process", None),
     )  # fmt: skip
 
 

@@ -19,10 +19,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bandit.config import RoutingConfig
-from bandit.embedder import Embedder
 from bandit.policy import Decision, Policy
 from workers.answers import parse_label
-from workers.memory import HeapTrimmer
+from workers.embedding import RouterEmbedder
 from workers.metrics import Metrics
 from workers.providers import Completion, Provider, ProviderError
 from workers.retry import RetryPolicy
@@ -99,7 +98,7 @@ class Router:
         settings: ServiceSettings,
         config: RoutingConfig,
         policy: Policy,
-        embedder: Embedder,
+        embedder: RouterEmbedder,
         providers: dict[str, Provider],
         redis: aioredis.Redis,
         metrics: Metrics,
@@ -122,7 +121,6 @@ class Router:
         # Entry ids this router is working on: XAUTOCLAIM also returns a consumer's own
         # entries once idle, and those must not be answered twice.
         self._working: set[str] = set()
-        self._trimmer = HeapTrimmer()
         m = metrics
         m.model_version.set(policy.version)
 
@@ -204,9 +202,7 @@ class Router:
             return None
         self._working.update(q.entry.id for q in queries)
         with self.m.stage.labels("embed").time():
-            vectors = await asyncio.to_thread(self.embedder.embed, [q.text for q in queries])
-        if self._trimmer.due():
-            await asyncio.to_thread(self._trimmer.trim)
+            vectors = await self.embedder.embed([q.text for q in queries])
         with self.m.stage.labels("decide").time():
             shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
             decisions = self.policy.decide_lines(shared)

@@ -18,9 +18,10 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from bandit.config import RoutingConfig
-from bandit.embedder import EMBEDDING_DIM, Embedder
+from bandit.embedder import EMBEDDING_DIM
 from bandit.policy import Policy
 from bandit.training import TrainingData, train_full_information
+from workers.embedding import router_embedder
 from workers.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
 from workers.learner import Learner, newest_snapshot
 from workers.metrics import Metrics
@@ -94,8 +95,10 @@ class Service:
         if "router" in self.roles:
             router_policy = Policy.from_bytes(policy.to_bytes()) if self.learner else policy
             providers = build_providers(self.config.arms, self.env)
-            self.router = Router(s, self.config, router_policy, Embedder(self.config.embedder),
-                                 providers, self.redis, self.metrics)  # fmt: skip
+            embedder = router_embedder(self.config.embedder, in_process=not s.embedder_process)
+            self.router = Router(s, self.config, router_policy, embedder, providers, self.redis,
+                                 self.metrics)  # fmt: skip
+            await embedder.start()  # the model is loaded before the router says it is ready
             self.metrics.init_router(self.config.arms.names)
             if not self.learner:
                 await self.router.note_published()
@@ -131,6 +134,7 @@ class Service:
         if self.router:
             for p in self.router.providers.values():
                 await p.close()
+            await self.router.embedder.close()
         if self.http:
             self.http.stop()
             self.http = None

@@ -34,6 +34,9 @@ class ServiceSettings:
     """``default_reward``: reward learned for a decision whose label never comes within
     ``reward_wait_s`` (None: such decisions are dropped and counted as expired).
 
+    ``embedder_process``: run the router's embedder in a child process (the default; the
+    event loop then has the GIL to itself) or, when false, in a thread of the router.
+
     ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
     exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
 
@@ -58,6 +61,7 @@ class ServiceSettings:
     metrics_port: int = 0
     budget_usd_per_hour: float = 0.0
     accuracy_floor: float = 0.0
+    embedder_process: bool = True
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
@@ -86,6 +90,8 @@ class ServiceSettings:
             raise ConfigError(
                 f"accuracy_floor = {self.accuracy_floor} must be a fraction in [0, 1] (0 = none)"
             )
+        if not isinstance(self.embedder_process, bool):
+            raise ConfigError(f"embedder_process = {self.embedder_process!r} must be true or false")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
 
@@ -115,6 +121,8 @@ class ServiceSettings:
             try:
                 if f.name == "default_reward":
                     values[f.name] = float(raw)
+                elif f.type in ("bool",):
+                    values[f.name] = _boolean(raw)
                 elif f.type in ("int",):
                     values[f.name] = int(raw)
                 elif f.type in ("float",):
@@ -124,9 +132,19 @@ class ServiceSettings:
             except ValueError:
                 raise ConfigError(
                     f"METALLM_{f.name.upper()} = {raw!r} is not a valid {f.type}"
+                    + (" (use true or false)" if f.type == "bool" else "")
                 ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _boolean(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 @dataclass(frozen=True)

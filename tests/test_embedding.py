@@ -1,0 +1,60 @@
+"""The router's embedder in a child process of its own (the real model, a real process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from bandit.embedder import Embedder, EmbedderConfig
+from bandit.errors import EmbedderError
+from workers.embedding import EmbedderProcess, EmbedderThread, router_embedder
+
+TEXTS = ["the court overruled the precedent", "a wonderful film", "a wonderful film"]
+
+
+def test_the_child_process_gives_the_vectors_of_the_model_in_process() -> None:
+    config = EmbedderConfig(max_seq_length=128)
+
+    async def run() -> tuple[np.ndarray, int | None, int | None]:
+        child = EmbedderProcess(config)
+        await child.start()
+        try:
+            return await child.embed(TEXTS), child.pid, os.getpid()
+        finally:
+            await child.close()
+
+    vectors, pid, me = asyncio.run(run())
+    assert pid is not None and pid != me
+    expected = Embedder(config).embed(TEXTS)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_errors_of_the_model_reach_the_router_and_a_dead_child_is_replaced() -> None:
+    async def run() -> None:
+        child = EmbedderProcess(EmbedderConfig(max_seq_length=128))
+        await child.start()
+        try:
+            with pytest.raises(EmbedderError, match="empty"):
+                await child.embed(["fine", "   "])
+            first = child.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)  # out of memory, say
+            await asyncio.sleep(0.2)
+            vectors = await child.embed(TEXTS)  # embedded again by a new child
+            assert vectors.shape == (3, 384) and child.restarts == 1
+            assert child.pid not in (None, first)
+        finally:
+            await child.close()
+        assert child.pid is None
+
+    asyncio.run(run())
+
+
+def test_the_setting_chooses_process_or_thread() -> None:
+    config = EmbedderConfig()
+    assert isinstance(router_embedder(config, in_process=False), EmbedderProcess)
+    assert isinstance(router_embedder(config, in_process=True), EmbedderThread)
