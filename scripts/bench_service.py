@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import time
 import uuid
@@ -32,7 +33,7 @@ import redis.asyncio as aioredis
 
 from bandit.config import builtin_config
 from bandit.datasets import resolve_data_dir
-from bandit.embedder import Embedder, EmbedderConfig
+from bandit.embedder import Embedder
 from workers.demo import free_port, redis_for_run
 from workers.service import Service
 from workers.settings import Keys, ServiceSettings
@@ -115,14 +116,15 @@ def serve_cpu_s(svc: Service) -> float:
 
 
 async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: float | None,
-                    data_dir: str | None, batch_size: int, embedder_process: bool = True
-                    ) -> dict[str, Any]:  # fmt: skip
+                    data_dir: str | None, batch_size: int, embedder_process: bool = True,
+                    embedder_threads: int = 0) -> dict[str, Any]:  # fmt: skip
     cfg = builtin_config("imdb")  # sentiment arms; SST-2 sentences are unknown to the replay
     replay = ReplaySubprocess(latency_ms, data_dir)
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, snapshot_every_updates=10_000,
                                snapshot_every_s=30, max_in_flight=512, provider_concurrency=512,
-                               batch_size=batch_size, embedder_process=embedder_process)  # fmt: skip
+                               batch_size=batch_size, embedder_process=embedder_process,
+                               embedder_threads=embedder_threads)  # fmt: skip
     svc = Service(settings, cfg, env={"METALLM_REPLAY_URL": replay.url})
     keys = Keys(prefix)
     r: aioredis.Redis = aioredis.from_url(url)
@@ -289,10 +291,14 @@ def main() -> None:
     ap.add_argument("--learner-updates", type=int, default=20_000,
                     help="labels for the learner phase (0: skip)")  # fmt: skip
     ap.add_argument("--rss-queries", type=int, default=0)
+    ap.add_argument("--embedder-threads", type=int, default=ServiceSettings().embedder_threads,
+                    help="torch threads of the router's embedder (default: the service's)")  # fmt: skip
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts = sst2(args.queries or 2000, args.data_dir)
-    emb = Embedder(EmbedderConfig(batch_size=32, lru_size=0))
+    # The raw model as the service configures it (imdb's [embedder]: model batch, sequence
+    # length), without the LRU cache.
+    emb = Embedder(dataclasses.replace(builtin_config("imdb").embedder, lru_size=0))
     emb.encode(texts[:64])
     t0 = time.perf_counter()
     vectors = emb.encode(texts)
@@ -300,6 +306,12 @@ def main() -> None:
     print(f"raw embedder over the whole list at once: {sorted_qps:.0f} sentences/s "
           f"({len(texts)} SST-2 sentences, sorted by length inside sentence-transformers)")  # fmt: skip
     with redis_for_run(os.environ.get("REDIS_URL") or _local_or_none()) as url:
+        client_cpu_ms = 0.0
+        if args.queries:
+            got = asyncio.run(provider_phase(texts, args.data_dir))
+            client_cpu_ms = got["cpu_ms"]
+            print(f"openai client alone against the replay server: {got['calls_per_s']:.0f} calls/s, "
+                  f"{client_cpu_ms:.2f} CPU ms per call", flush=True)  # fmt: skip
         for latency in (0.0, 300.0) if args.queries else ():
             # The baseline, measured right before each phase: the raw model called on the
             # router's read batches in arrival order, as the router gets them (and on batches
@@ -310,17 +322,26 @@ def main() -> None:
                 print(f"raw embedder: {qps:.0f} sentences/s ({cpu:.1f} CPU ms each) "
                       f"called on {b} sentences at a time in arrival order", flush=True)  # fmt: skip
             burst = asyncio.run(
-                run_phase(url, latency, texts, None, args.data_dir, args.batch_size)
+                run_phase(
+                    url,
+                    latency,
+                    texts,
+                    None,
+                    args.data_dir,
+                    args.batch_size,
+                    embedder_threads=args.embedder_threads,
+                )
             )
             paced = asyncio.run(run_phase(url, latency, texts[: args.queries // 2], burst["qps"] / 2,
-                                          args.data_dir, args.batch_size))  # fmt: skip
+                                          args.data_dir, args.batch_size,
+                                          embedder_threads=args.embedder_threads))  # fmt: skip
             line = (f"serve, LLM latency {latency:.0f} ms: burst {burst['qps']:.0f} queries/s "
                     f"(ratio to raw embedder {burst['qps'] / raw_qps:.2f}); at {burst['qps'] / 2:.0f} q/s offered: "
                     f"p50 {paced['p50_ms']:.0f} ms, p95 {paced['p95_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms")  # fmt: skip
             print(line, flush=True)
             cpu, st = burst["cpu_ms"], burst["stage_ms"]
             thread = asyncio.run(run_phase(url, latency, texts, None, args.data_dir, args.batch_size,
-                                           embedder_process=False))  # fmt: skip
+                                           embedder_process=False, embedder_threads=args.embedder_threads))  # fmt: skip
             print(f"   the embedder in a thread of serve instead (embedder_process = false): burst "
                   f"{thread['qps']:.0f} queries/s (ratio {thread['qps'] / raw_qps:.2f}), "
                   f"{thread['cpu_ms']['serve']:.1f} CPU ms per query; the child process gives "
@@ -330,10 +351,13 @@ def main() -> None:
                   f"per query (the raw model {1000 / raw_qps:.1f})"
                   + "".join(f"; ratio to raw embedder on batches of {b}: {burst['qps'] / q:.2f}"
                             for b, (q, _) in raw.items() if b != args.batch_size), flush=True)  # fmt: skip
-        if args.queries:
-            got = asyncio.run(provider_phase(texts, args.data_dir))
-            print(f"openai client alone against the replay server: {got['calls_per_s']:.0f} calls/s, "
-                  f"{got['cpu_ms']:.2f} CPU ms per call", flush=True)  # fmt: skip
+            # serve needs at least the raw model's CPU plus the client's and the replay
+            # server's per query, on the cores the raw model alone had to itself:
+            cores = os.cpu_count() or 1
+            ceiling = 1000 * cores / (raw_cpu_ms + client_cpu_ms + cpu["replay"])
+            print(f"   CPU ceiling on {cores} cores: {ceiling:.0f} queries/s = {ceiling / raw_qps:.2f} of the raw "
+                  f"embedder (raw model {raw_cpu_ms:.1f} + openai client {client_cpu_ms:.1f} + replay server "
+                  f"{cpu['replay']:.1f} CPU ms per query); serve reached {burst['qps'] / ceiling:.2f} of it", flush=True)  # fmt: skip
         if args.learner_updates:
             got = asyncio.run(learner_phase(url, vectors, texts, args.learner_updates))
             print(f"learner: {got['updates_per_s']:.0f} updates/s over {args.learner_updates} labels "

@@ -33,6 +33,18 @@ def test_the_child_process_gives_the_vectors_of_the_model_in_process() -> None:
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
 
 
+def test_the_child_takes_its_torch_threads_from_the_setting() -> None:
+    async def run(threads: int) -> int:
+        child = EmbedderProcess(EmbedderConfig(max_seq_length=128), threads)
+        await child.start()
+        try:
+            return await child.torch_threads()
+        finally:
+            await child.close()
+
+    assert [asyncio.run(run(n)) for n in (1, 3)] == [1, 3]
+
+
 def test_errors_of_the_model_reach_the_router_and_a_dead_child_is_replaced() -> None:
     async def run() -> None:
         child = EmbedderProcess(EmbedderConfig(max_seq_length=128))

@@ -40,6 +40,7 @@ def test_file_then_env_then_options() -> None:
             r"METALLM_EMBEDDER_PROCESS = 'maybe' is not a valid bool \(use true or false\)",
         ),
         ({}, {"embedder_process": "no"}, "embedder_process = 'no' must be true or false"),
+        ({"METALLM_EMBEDDER_THREADS": "-1"}, None, "embedder_threads = -1 must be ≥ 0"),
     ],
 )
 def test_bad_settings(env: dict, file: dict | None, match: str) -> None:

@@ -44,14 +44,23 @@ class RouterEmbedder(Protocol):
     async def close(self) -> None: ...
 
 
+def set_torch_threads(threads: int) -> None:
+    """Threads torch uses for one batch (0: its default, one per core)."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 class EmbedderThread:
     """The embedder in the router's process, called from a worker thread."""
 
-    def __init__(self, embedder: Embedder) -> None:
-        self.embedder = embedder
+    def __init__(self, embedder: Embedder, threads: int = 0) -> None:
+        self.embedder, self.threads = embedder, threads
         self._trimmer = HeapTrimmer()
 
     async def start(self) -> None:
+        set_torch_threads(self.threads)
         await asyncio.to_thread(self.embedder.embed, ["warm up the model"])
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -72,8 +81,8 @@ class EmbedderProcess:
     A child that dies (killed, out of memory) is replaced once per batch; the batch is
     embedded again by the new child."""
 
-    def __init__(self, config: EmbedderConfig) -> None:
-        self.config = config
+    def __init__(self, config: EmbedderConfig, threads: int = 0) -> None:
+        self.config, self.threads = config, threads
         self._pool: ProcessPoolExecutor | None = None
         self.restarts = 0
 
@@ -88,13 +97,20 @@ class EmbedderProcess:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_child_init,
-            initargs=(self.config, os.getpid()),
+            initargs=(self.config, self.threads, os.getpid()),
         )
 
     async def start(self) -> None:
         if self._pool is None:
             self._pool = self._new_pool()
         await self._call(["warm up the model"])
+        threads = await asyncio.get_running_loop().run_in_executor(self._pool, _child_threads)
+        log.info("embedder process %s ready, %d torch threads", self.pid, threads)
+
+    async def torch_threads(self) -> int:
+        """Threads torch uses in the child."""
+        assert self._pool is not None, "EmbedderProcess.start() was not awaited"
+        return await asyncio.get_running_loop().run_in_executor(self._pool, _child_threads)
 
     async def _call(self, texts: list[str]) -> np.ndarray:
         assert self._pool is not None, "EmbedderProcess.start() was not awaited"
@@ -125,19 +141,23 @@ class EmbedderProcess:
             await asyncio.to_thread(pool.shutdown, True)
 
 
-def router_embedder(config: EmbedderConfig, in_process: bool) -> RouterEmbedder:
-    """The router's embedder: a child process when ``in_process`` is false."""
-    return EmbedderThread(Embedder(config)) if in_process else EmbedderProcess(config)
+def router_embedder(config: EmbedderConfig, in_process: bool, threads: int = 0) -> RouterEmbedder:
+    """The router's embedder: a child process when ``in_process`` is false; ``threads``
+    torch threads per batch (0: torch's default)."""
+    if in_process:
+        return EmbedderThread(Embedder(config), threads)
+    return EmbedderProcess(config, threads)
 
 
 # -- the child process -----------------------------------------------------------------
 _child: tuple[Embedder, HeapTrimmer] | None = None
 
 
-def _child_init(config: EmbedderConfig, parent_pid: int) -> None:
+def _child_init(config: EmbedderConfig, threads: int, parent_pid: int) -> None:
     global _child
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_torch_threads(threads)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _child = (Embedder(config), HeapTrimmer())
 
@@ -146,6 +166,12 @@ def _exit_with_parent(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(PARENT_CHECK_S)
     os._exit(0)
+
+
+def _child_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def _child_embed(texts: list[str]) -> np.ndarray:

@@ -95,7 +95,9 @@ class Service:
         if "router" in self.roles:
             router_policy = Policy.from_bytes(policy.to_bytes()) if self.learner else policy
             providers = build_providers(self.config.arms, self.env)
-            embedder = router_embedder(self.config.embedder, in_process=not s.embedder_process)
+            embedder = router_embedder(
+                self.config.embedder, in_process=not s.embedder_process, threads=s.embedder_threads
+            )
             self.router = Router(s, self.config, router_policy, embedder, providers, self.redis,
                                  self.metrics)  # fmt: skip
             await embedder.start()  # the model is loaded before the router says it is ready

@@ -35,7 +35,8 @@ class ServiceSettings:
     ``reward_wait_s`` (None: such decisions are dropped and counted as expired).
 
     ``embedder_process``: run the router's embedder in a child process (the default; the
-    event loop then has the GIL to itself) or, when false, in a thread of the router.
+    event loop then has the GIL to itself) or, when false, in a thread of the router;
+    ``embedder_threads``: torch threads per batch (0 = torch's default, one per core).
 
     ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
     exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
@@ -62,6 +63,7 @@ class ServiceSettings:
     budget_usd_per_hour: float = 0.0
     accuracy_floor: float = 0.0
     embedder_process: bool = True
+    embedder_threads: int = 0
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
@@ -92,6 +94,10 @@ class ServiceSettings:
             )
         if not isinstance(self.embedder_process, bool):
             raise ConfigError(f"embedder_process = {self.embedder_process!r} must be true or false")
+        if self.embedder_threads < 0:
+            raise ConfigError(
+                f"embedder_threads = {self.embedder_threads} must be ≥ 0 (0 = one per core)"
+            )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
 
