@@ -125,7 +125,11 @@ class Experiment:
         return Policy(config, self.arm_names, self.costs, self.dim)
 
     def warm_policy(self, config: PolicyConfig, seed: int = 0) -> Policy:
-        return train_full_information(self.new_policy(config), self.data(self.split.train), seed)
+        return self.warm_policy_on(config, self.split.train, seed)
+
+    def warm_policy_on(self, config: PolicyConfig, rows: np.ndarray, seed: int = 0) -> Policy:
+        """A policy trained with full information on ``rows``."""
+        return train_full_information(self.new_policy(config), self.data(rows), seed)
 
     def correctness(self, policy: Policy, idx: np.ndarray) -> np.ndarray:
         return policy.correctness([self.shared[i] for i in idx])

@@ -4,7 +4,9 @@ Vowpal Wabbit's defaults (learning rate 0.5, one pass) were not chosen for dense
 384-dimensional embeddings. ``tune`` picks the warm start's learning rate, passes and
 whether word features help, by the router's AIQ on validation; ``tune_online`` picks the
 learning rate of a cold-started bandit learner by its progressive accuracy (each round
-scored before it is learned) over train + validation. Neither looks at test.
+scored before it is learned) over train + validation; ``cross_validate`` scores warm-start
+settings by K-fold cross-validation over train + validation, including the budget rule as
+the service would apply it. None of them looks at test.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from itertools import product
 
 import numpy as np
 
-from bandit.calibration import sweep
+from bandit.calibration import PER_10K, calibrate, choose, sweep
+from bandit.errors import ConfigError
 from bandit.evaluation import Experiment
 from bandit.frontier import aiq
 from bandit.policy import PolicyConfig
@@ -82,3 +85,85 @@ def tune_online(
         res = train_bandit(policy, ex.data(rows), seed)
         results.append(OnlineTrialResult(lr, res.progressive_acc, res.progressive_cost_per_10k))
     return sorted(results, key=lambda r: -r.progressive_acc)
+
+
+# -- cross-validation over train + validation ------------------------------------------
+CV_LEARNING_RATES = (0.5, 1.0, 2.0)
+CV_PASSES = (2, 3, 5)
+CV_FOLDS = 5
+CV_REPEATS = 2
+CV_BUDGET_SHARE = 0.6  # "at no more than 60 % of the budget arm's cost" (issue 2's bar)
+
+
+@dataclass(frozen=True)
+class CrossValidated:
+    """Out-of-fold scores of one warm-start setting, averaged over the repeats.
+
+    ``acc_within_share``: the best accuracy of the out-of-fold curve at a cost ≤ ``share``
+    of the budget arm's; ``budget_acc`` and ``budget_cost_share``: what the budget rule
+    (``calibrate`` on the other folds, applied to the held-out one) gives, as accuracy and
+    as a share of the budget arm's cost."""
+
+    learning_rate: float
+    warm_start_passes: int
+    aiq: float
+    acc_within_share: float
+    budget_acc: float
+    budget_cost_share: float
+
+
+def cross_validate(
+    ex: Experiment,
+    base: PolicyConfig,
+    budget_arm: str,
+    learning_rates: Sequence[float] = CV_LEARNING_RATES,
+    passes: Sequence[int] = CV_PASSES,
+    folds: int = CV_FOLDS,
+    repeats: int = CV_REPEATS,
+    share: float = CV_BUDGET_SHARE,
+) -> list[CrossValidated]:
+    """K-fold cross-validation of the warm start over train + validation rows (test is never
+    read): every row's correctness is predicted by a policy trained without its fold, and
+    the out-of-fold predictions are swept over p like a validation split. More rows than
+    validation alone (1,728 instead of 432 on overruling), so the choice is less noisy.
+    Best AIQ first."""
+    if budget_arm not in ex.arm_names:
+        raise ConfigError(f"unknown budget arm {budget_arm!r}; arms: {', '.join(ex.arm_names)}")
+    if folds < 2 or repeats < 1:
+        raise ConfigError(f"cross-validation needs folds ≥ 2 (got {folds}) and repeats ≥ 1")
+    rows = np.concatenate([ex.split.train, ex.split.val])
+    correct, usd, costs = ex.correct[rows], ex.cost_usd[rows], ex.reward_cost[rows]
+    ref = list(ex.arm_names).index(budget_arm)
+    dearest = usd.mean(0).max()
+    out = []
+    for lr, n_pass in product(learning_rates, passes):
+        cfg = base.replace(mode="decoupled", learning_rate=lr, warm_start_passes=n_pass)
+        scores: list[tuple[float, float, float, float]] = []
+        for rep in range(repeats):
+            parts = np.array_split(np.random.default_rng(100 + rep).permutation(len(rows)), folds)
+            oof = np.zeros(correct.shape)
+            for k, held in enumerate(parts):
+                fit = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != k]))
+                policy = ex.warm_policy_on(cfg, rows[fit])
+                oof[held] = ex.correctness(policy, rows[held])
+            pts = sweep(oof, costs, correct, usd)
+            ref_cost = usd[:, ref].mean() * PER_10K
+            within = [pt.acc for pt in pts if pt.cost_per_10k <= share * ref_cost + 1e-9]
+            got = spent = 0.0
+            for k, held in enumerate(parts):
+                other = np.concatenate([p for i, p in enumerate(parts) if i != k])
+                budget = usd[other, ref].mean() * PER_10K
+                point = calibrate(sweep(oof[other], costs[other], correct[other], usd[other]),
+                                  budget, len(other))  # fmt: skip
+                arms = choose(oof[held], costs[held], point.p)
+                got += correct[held, arms].sum()
+                spent += usd[held, arms].sum()
+            scores.append((
+                aiq([(pt.cost_per_10k / PER_10K, pt.acc) for pt in pts], dearest),
+                max(within) if within else float("nan"),
+                got / len(rows),
+                spent / len(rows) * PER_10K / ref_cost,
+            ))  # fmt: skip
+        mean = np.mean(np.array(scores), axis=0)
+        out.append(CrossValidated(lr, n_pass, *(float(x) for x in mean)))
+    return sorted(out, key=lambda r: -r.aiq)

@@ -95,3 +95,31 @@ def test_tuning_ranks_trials_without_touching_test(data_dir: Path, embedder) -> 
     online = tune_online(ex, cfg.policy, learning_rates=(0.05, 0.5))
     assert [o.online_learning_rate for o in online] in ([0.05, 0.5], [0.5, 0.05])
     assert online[0].progressive_acc >= online[1].progressive_acc > 0.4
+
+
+def test_cross_validation_never_reads_test_rows(data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from bandit.config import builtin_config
+    from bandit.datasets import load_dataset, make_split
+    from bandit.errors import ConfigError
+    from bandit.evaluation import Experiment
+    from bandit.tuning import cross_validate
+
+    ds = load_dataset("overruling", data_dir).subset(np.arange(300))
+    split = make_split(ds)
+    cfg = builtin_config("overruling")
+    ex = Experiment(ds, embedder.embed(list(ds.texts)), split, cfg)
+    # Poison the test rows: any use of them would turn the scores into NaN.
+    ex.correct[split.test] = np.nan
+    ex.cost_usd[split.test] = np.nan
+    ex.reward_cost[split.test] = np.nan
+    got = cross_validate(ex, cfg.policy, "text-davinci-002", learning_rates=(0.5, 2.0),
+                         passes=(1,), folds=3, repeats=1)  # fmt: skip
+    assert {(r.learning_rate, r.warm_start_passes) for r in got} == {(0.5, 1), (2.0, 1)}
+    assert [r.aiq for r in got] == sorted((r.aiq for r in got), reverse=True)
+    for r in got:
+        assert 0.5 < r.aiq <= 1 and 0.5 < r.budget_acc <= 1
+        assert 0 < r.budget_cost_share <= 1.5 and np.isfinite(r.acc_within_share)
+    with pytest.raises(ConfigError, match="unknown budget arm 'gpt-5'"):
+        cross_validate(ex, cfg.policy, "gpt-5")

@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         "winners in the [policy] table of the config.",
     )
     _add_common(tu)
+    tu.add_argument(
+        "--cv",
+        metavar="BUDGET_ARM",
+        help="instead: cross-validate the warm start's learning rate × passes (5 folds × 2 "
+        "repeats over train+validation; test is never read), scoring the out-of-fold "
+        "cost-accuracy curve by AIQ, by its best accuracy within 60%% of BUDGET_ARM's cost, "
+        "and by the budget rule at BUDGET_ARM's cost",
+    )
 
     rp = sub.add_parser(
         "replay-llm",
@@ -551,6 +559,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = _config(args)
     ds = _dataset(args)
     ex = Experiment(ds, _embed(ds, cfg), make_split(ds, args.seed), cfg)
+    if args.cv:
+        return _print_cross_validation(ex, cfg, args.cv)
     print("warm start (full information on train), by the router's AIQ on validation:")
     print(f"{'learning_rate':>13} {'passes':>6} {'words':>5} {'val AIQ':>8}")
     for r in tune(ex, cfg.policy, seed=args.seed):
@@ -564,6 +574,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(
             f"{o.online_learning_rate:>20g} {o.progressive_acc:>15.4f} {o.progressive_cost_per_10k:>8.3f}"
         )
+    return 0
+
+
+def _print_cross_validation(ex: Any, cfg: RoutingConfig, budget_arm: str) -> int:
+    from bandit.tuning import CV_BUDGET_SHARE, CV_FOLDS, CV_REPEATS, cross_validate
+
+    rows = len(ex.split.train) + len(ex.split.val)
+    print(f"warm start, {CV_FOLDS}-fold cross-validation × {CV_REPEATS} over train+validation "
+          f"({rows} rows), words {cfg.policy.word_features}; budget arm {budget_arm}:")  # fmt: skip
+    share = f"acc ≤{CV_BUDGET_SHARE:.0%} cost"
+    print(
+        f"{'learning_rate':>13} {'passes':>6} {'CV AIQ':>7} {share:>15} {'budget rule: acc':>17} {'cost share':>10}"
+    )
+    for r in cross_validate(ex, cfg.policy, budget_arm):
+        print(f"{r.learning_rate:>13g} {r.warm_start_passes:>6} {r.aiq:>7.4f} {r.acc_within_share:>15.4f} "
+              f"{r.budget_acc:>17.4f} {r.budget_cost_share:>10.2f}")  # fmt: skip
     return 0
 
 
