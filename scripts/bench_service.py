@@ -297,14 +297,17 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts = sst2(args.queries or 2000, args.data_dir)
     # The raw model as the service configures it (imdb's [embedder]: model batch, sequence
-    # length), without the LRU cache.
+    # length), without the LRU cache. Not loaded for an RSS run alone, whose serve process
+    # is this one: its RSS is then the service's own.
     emb = Embedder(dataclasses.replace(builtin_config("imdb").embedder, lru_size=0))
-    emb.encode(texts[:64])
-    t0 = time.perf_counter()
-    vectors = emb.encode(texts)
-    sorted_qps = len(texts) / (time.perf_counter() - t0)
-    print(f"raw embedder over the whole list at once: {sorted_qps:.0f} sentences/s "
-          f"({len(texts)} SST-2 sentences, sorted by length inside sentence-transformers)")  # fmt: skip
+    vectors = np.zeros((0, emb.dim), dtype=np.float32)
+    if args.queries or args.learner_updates:
+        emb.encode(texts[:64])
+        t0 = time.perf_counter()
+        vectors = emb.encode(texts)
+        sorted_qps = len(texts) / (time.perf_counter() - t0)
+        print(f"raw embedder over the whole list at once: {sorted_qps:.0f} sentences/s "
+              f"({len(texts)} SST-2 sentences, sorted by length inside sentence-transformers)")  # fmt: skip
     with redis_for_run(os.environ.get("REDIS_URL") or _local_or_none()) as url:
         client_cpu_ms = 0.0
         if args.queries:

@@ -7,8 +7,8 @@ child process, so the event loop keeps its interpreter to itself; texts go in an
 come back through a pipe (about 200 KB for 128 queries). ``EmbedderThread`` is the same
 interface in-process (``embedder_process = false``), for small machines and tests.
 
-Both hand freed heap back to the OS every few seconds where the model runs (see
-``workers.memory``), and both load the model in ``start`` so that a router is not ready
+The child hands its freed heap back to the OS every few seconds (see ``workers.memory``),
+as the router does for its own process; both load the model in ``start`` so that a router is not ready
 before it can embed.
 """
 
@@ -57,17 +57,13 @@ class EmbedderThread:
 
     def __init__(self, embedder: Embedder, threads: int = 0) -> None:
         self.embedder, self.threads = embedder, threads
-        self._trimmer = HeapTrimmer()
 
     async def start(self) -> None:
         set_torch_threads(self.threads)
         await asyncio.to_thread(self.embedder.embed, ["warm up the model"])
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        vectors = await asyncio.to_thread(self.embedder.embed, list(texts))
-        if self._trimmer.due():
-            await asyncio.to_thread(self._trimmer.trim)
-        return vectors
+        return await asyncio.to_thread(self.embedder.embed, list(texts))
 
     async def close(self) -> None:
         return None

@@ -22,6 +22,7 @@ from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
 from workers.answers import parse_label
 from workers.embedding import RouterEmbedder
+from workers.memory import HeapTrimmer
 from workers.metrics import Metrics
 from workers.providers import Completion, Provider, ProviderError
 from workers.retry import RetryPolicy
@@ -121,6 +122,7 @@ class Router:
         # Entry ids this router is working on: XAUTOCLAIM also returns a consumer's own
         # entries once idle, and those must not be answered twice.
         self._working: set[str] = set()
+        self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
         m = metrics
         m.model_version.set(policy.version)
 
@@ -203,6 +205,8 @@ class Router:
         self._working.update(q.entry.id for q in queries)
         with self.m.stage.labels("embed").time():
             vectors = await self.embedder.embed([q.text for q in queries])
+        if self._trimmer.due():
+            await asyncio.to_thread(self._trimmer.trim)
         with self.m.stage.labels("decide").time():
             shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
             decisions = self.policy.decide_lines(shared)
