@@ -456,6 +456,16 @@ def free_port_pair() -> int:
     raise RuntimeError("no two free consecutive ports below the ephemeral range")
 
 
+def _seconds_until(cond: Any, timeout_s: float) -> float | None:
+    """Seconds until ``cond()`` held, or None when it did not within ``timeout_s``."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout_s:
+            return None
+        time.sleep(0.5)
+    return time.monotonic() - t0
+
+
 def wait_until(
     what: str, cond: Any, timeout_s: float, procs: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -547,9 +557,13 @@ def check_live(rep: Report, args: argparse.Namespace) -> None:
             wait_until("both demo workers scraped (up == 1)", up, args.timeout_s, procs)
             rep.ok("Prometheus scrapes the live router and learner (up == 1)")
             for name, port in (("router", metrics_port), ("learner", metrics_port + 1)):
+                # Unready while starting (a router until its embedder child has the model
+                # loaded), then ready: wait for it, as Kubernetes would.
+                url = f"http://127.0.0.1:{port}/readyz"
                 rep.check(
-                    _http_ok(f"http://127.0.0.1:{port}/readyz"),
+                    _seconds_until(lambda url=url: _http_ok(url), 60) is not None,
                     f"live {name}: /readyz 200 (Redis reached, model held)",
+                    "not within 60 s",
                 )
                 rep.check(
                     _http_ok(f"http://127.0.0.1:{port}/healthz"), f"live {name}: /healthz 200"
