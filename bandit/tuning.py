@@ -135,6 +135,7 @@ def cross_validate(
     correct, usd, costs = ex.correct[rows], ex.cost_usd[rows], ex.reward_cost[rows]
     ref = list(ex.arm_names).index(budget_arm)
     dearest = usd.mean(0).max()
+    ref_cost = usd[:, ref].mean() * PER_10K
     out = []
     for lr, n_pass in product(learning_rates, passes):
         cfg = base.replace(mode="decoupled", learning_rate=lr, warm_start_passes=n_pass)
@@ -147,7 +148,6 @@ def cross_validate(
                 policy = ex.warm_policy_on(cfg, rows[fit])
                 oof[held] = ex.correctness(policy, rows[held])
             pts = sweep(oof, costs, correct, usd)
-            ref_cost = usd[:, ref].mean() * PER_10K
             within = [pt.acc for pt in pts if pt.cost_per_10k <= share * ref_cost + 1e-9]
             got = spent = 0.0
             for k, held in enumerate(parts):

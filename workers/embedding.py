@@ -100,8 +100,9 @@ class EmbedderProcess:
         if self._pool is None:
             self._pool = self._new_pool()
         await self._call(["warm up the model"])
-        threads = await asyncio.get_running_loop().run_in_executor(self._pool, _child_threads)
-        log.info("embedder process %s ready, %d torch threads", self.pid, threads)
+        log.info(
+            "embedder process %s ready, %d torch threads", self.pid, await self.torch_threads()
+        )
 
     async def torch_threads(self) -> int:
         """Threads torch uses in the child."""
@@ -116,8 +117,9 @@ class EmbedderProcess:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self._pool is None:
             await self.start()
+        batch = list(texts)
         try:
-            return await self._call(list(texts))
+            return await self._call(batch)
         except BrokenProcessPool:
             log.error("the embedder process died; starting a new one and embedding the batch again")
             self.restarts += 1
@@ -125,7 +127,7 @@ class EmbedderProcess:
             if old is not None:
                 old.shutdown(wait=False, cancel_futures=True)
             try:
-                return await self._call(list(texts))
+                return await self._call(batch)
             except BrokenProcessPool as exc:
                 raise EmbedderError(
                     "the embedder process died twice in a row (out of memory? see its log)"
