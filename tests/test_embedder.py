@@ -56,3 +56,75 @@ def test_disk_cache_keeps_keys_that_end_in_a_zero_byte(tmp_path: Path) -> None:
     store.save()
     (found,) = DiskCache(tmp_path).lookup([text_key(text)])
     assert found is not None
+
+
+# -- the onnx backend (the default) against sentence-transformers ------------------------
+VARIED = [
+    "a wonderful film",
+    "it 's a charming and often affecting journey . ",
+    "  leading and trailing spaces  ",
+    "Ünïcödé, CAPITALS and punctuation?!",
+    "x",
+    "the court overruled the precedent " * 60,  # longer than any max_seq_length below
+    "a wonderful film",
+]
+
+
+@pytest.mark.parametrize(("max_seq_length", "batch_size"), [(256, 32), (16, 2)])
+def test_the_onnx_backend_gives_the_vectors_of_sentence_transformers(
+    max_seq_length: int, batch_size: int
+) -> None:
+    def vectors(backend: str) -> np.ndarray:
+        config = EmbedderConfig(
+            backend=backend, max_seq_length=max_seq_length, batch_size=batch_size, lru_size=0
+        )
+        return Embedder(config).embed(VARIED)
+
+    onnx, torch = vectors("onnx"), vectors("torch")
+    np.testing.assert_allclose(onnx, torch, atol=1e-5)
+    assert onnx[0] @ onnx[5] < 0.9  # rows stay in the order given, not the length order
+
+
+def test_the_onnx_export_is_made_once_and_made_again_when_unreadable(tmp_path: Path) -> None:
+    from bandit.onnx_model import onnx_file
+
+    config = EmbedderConfig(onnx_dir=str(tmp_path))
+    first = Embedder(config).embed(VARIED[:2])
+    (exported,) = tmp_path.glob("*.onnx")
+    assert exported == onnx_file(_model_dir(), tmp_path)
+    stamp = exported.stat().st_mtime_ns
+    np.testing.assert_array_equal(Embedder(config).embed(VARIED[:2]), first)
+    assert exported.stat().st_mtime_ns == stamp  # reused, not exported again
+    exported.write_bytes(b"truncated by a full disk")
+    np.testing.assert_allclose(Embedder(config).embed(VARIED[:2]), first, atol=1e-6)
+    assert exported.stat().st_size > 1_000_000
+    assert list(tmp_path.iterdir()) == [exported]  # no temporary file left behind
+
+
+def _model_dir() -> str:
+    from bandit.embedder import default_model_path
+
+    return default_model_path()
+
+
+def test_the_onnx_backend_refuses_a_model_without_mean_pooling(tmp_path: Path) -> None:
+    model = tmp_path / "cls-model"
+    (model / "1_Pooling").mkdir(parents=True)
+    for item in Path(_model_dir()).iterdir():
+        if item.name != "1_Pooling":
+            (model / item.name).symlink_to(item)
+    (model / "1_Pooling" / "config.json").write_text(
+        '{"word_embedding_dimension": 384, "pooling_mode_cls_token": true,'
+        ' "pooling_mode_mean_tokens": false}'
+    )
+    config = EmbedderConfig(model_path=str(model), onnx_dir=str(tmp_path / "onnx"))
+    with pytest.raises(EmbedderError, match='backend = "torch"'):
+        Embedder(config).embed(["a text"])
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_an_unknown_backend_is_a_config_error() -> None:
+    from bandit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"embedder\.backend = 'cuda' must be one of onnx, torch"):
+        EmbedderConfig(backend="cuda")

@@ -33,16 +33,25 @@ def test_the_child_process_gives_the_vectors_of_the_model_in_process() -> None:
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
 
 
-def test_the_child_takes_its_torch_threads_from_the_setting() -> None:
-    async def run(threads: int) -> int:
-        child = EmbedderProcess(EmbedderConfig(max_seq_length=128), threads)
+def _os_threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_the_child_runs_the_model_on_the_threads_of_the_setting(backend: str) -> None:
+    async def run(threads: int) -> tuple[int, int]:
+        child = EmbedderProcess(EmbedderConfig(max_seq_length=128, backend=backend), threads)
         await child.start()
         try:
-            return await child.torch_threads()
+            assert child.pid is not None
+            return await child.threads_in_use(), _os_threads(child.pid)
         finally:
             await child.close()
 
-    assert [asyncio.run(run(n)) for n in (1, 3)] == [1, 3]
+    (one, os_one), (four, os_four) = asyncio.run(run(1)), asyncio.run(run(4))
+    assert (one, four) == (1, 4)
+    assert os_four - os_one >= 3  # the model's thread pool really grew by three
 
 
 def test_errors_of_the_model_reach_the_router_and_a_dead_child_is_replaced() -> None:

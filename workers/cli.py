@@ -20,14 +20,12 @@ import numpy as np
 
 from bandit.config import RoutingConfig, builtin_config, load_config
 from bandit.datasets import DATA_DIR_ENV, LOADERS, Dataset, load_dataset, make_split
-from bandit.embedder import Embedder
+from bandit.embedder import CACHE_DIR_ENV, Embedder, default_cache_dir
 from bandit.errors import MetalLMError
 from bandit.policy import VW_EXPLORERS
 from workers.settings import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger("metallm")
-CACHE_DIR_ENV = "METALLM_CACHE_DIR"
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "metallm"
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -45,7 +43,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cache-dir",
-        help=f"where embeddings of data sets are cached (default: ${CACHE_DIR_ENV}, else {DEFAULT_CACHE_DIR})",
+        help=f"where embeddings of data sets are cached (default: ${CACHE_DIR_ENV}, else ~/.cache/metallm)",
     )
     p.add_argument(
         "--seed",
@@ -228,7 +226,7 @@ def _add_service_commands(sub: Any) -> None:
         "--data-dir", help=f"recorded data sets (default: ${DATA_DIR_ENV}, else ../shared/data)"
     )
     demo.add_argument(
-        "--cache-dir", help=f"embedding cache (default: ${CACHE_DIR_ENV}, else {DEFAULT_CACHE_DIR})"
+        "--cache-dir", help=f"embedding cache (default: ${CACHE_DIR_ENV}, else ~/.cache/metallm)"
     )
     demo.add_argument("--limit", type=int, help="stream only this many test queries")
     demo.add_argument(
@@ -503,10 +501,13 @@ def _routing_config(args: argparse.Namespace) -> RoutingConfig:
 
 def _config(args: argparse.Namespace) -> RoutingConfig:
     cfg = _routing_config(args)
-    cache = args.cache_dir or os.environ.get(CACHE_DIR_ENV) or str(DEFAULT_CACHE_DIR)
-    return dataclasses.replace(
-        cfg, embedder=dataclasses.replace(cfg.embedder, cache_dir=str(Path(cache) / "embeddings"))
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    embedder = dataclasses.replace(
+        cfg.embedder,
+        cache_dir=str(cache / "embeddings"),
+        onnx_dir=cfg.embedder.onnx_dir or str(cache / "onnx"),
     )
+    return dataclasses.replace(cfg, embedder=embedder)
 
 
 def _dataset(args: argparse.Namespace) -> Dataset:

@@ -1,6 +1,6 @@
 """Where the router's embedder runs: in a process of its own (the default) or in a thread.
 
-Inside the router's process the model's torch threads and the event loop (HTTP clients,
+Inside the router's process the model's threads and the event loop (HTTP clients,
 Redis, the policy) take turns on the GIL: a batch embeds 1.5× slower there than alone
 (scripts/bench_service.py, stage ``embed``). ``EmbedderProcess`` runs the model in a spawned
 child process, so the event loop keeps its interpreter to itself; texts go in and vectors
@@ -44,22 +44,13 @@ class RouterEmbedder(Protocol):
     async def close(self) -> None: ...
 
 
-def set_torch_threads(threads: int) -> None:
-    """Threads torch uses for one batch (0: its default, one per core)."""
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 class EmbedderThread:
     """The embedder in the router's process, called from a worker thread."""
 
-    def __init__(self, embedder: Embedder, threads: int = 0) -> None:
-        self.embedder, self.threads = embedder, threads
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
 
     async def start(self) -> None:
-        set_torch_threads(self.threads)
         await asyncio.to_thread(self.embedder.embed, ["warm up the model"])
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -101,11 +92,11 @@ class EmbedderProcess:
             self._pool = self._new_pool()
         await self._call(["warm up the model"])
         log.info(
-            "embedder process %s ready, %d torch threads", self.pid, await self.torch_threads()
+            "embedder process %s ready, %d threads per batch", self.pid, await self.threads_in_use()
         )
 
-    async def torch_threads(self) -> int:
-        """Threads torch uses in the child."""
+    async def threads_in_use(self) -> int:
+        """Threads the child's model runs a batch on."""
         assert self._pool is not None, "EmbedderProcess.start() was not awaited"
         return await asyncio.get_running_loop().run_in_executor(self._pool, _child_threads)
 
@@ -141,9 +132,9 @@ class EmbedderProcess:
 
 def router_embedder(config: EmbedderConfig, in_process: bool, threads: int = 0) -> RouterEmbedder:
     """The router's embedder: a child process when ``in_process`` is false; ``threads``
-    torch threads per batch (0: torch's default)."""
+    threads per batch (0: the backend's default, one per core)."""
     if in_process:
-        return EmbedderThread(Embedder(config), threads)
+        return EmbedderThread(Embedder(config, threads))
     return EmbedderProcess(config, threads)
 
 
@@ -155,9 +146,8 @@ def _child_init(config: EmbedderConfig, threads: int, parent_pid: int) -> None:
     global _child
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    set_torch_threads(threads)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    _child = (Embedder(config), HeapTrimmer())
+    _child = (Embedder(config, threads), HeapTrimmer())
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -167,9 +157,8 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _child_threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
+    assert _child is not None, "the embedder process was not initialised"
+    return _child[0].threads_in_use()
 
 
 def _child_embed(texts: list[str]) -> np.ndarray:

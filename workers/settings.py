@@ -36,7 +36,7 @@ class ServiceSettings:
 
     ``embedder_process``: run the router's embedder in a child process (the default; the
     event loop then has the GIL to itself) or, when false, in a thread of the router;
-    ``embedder_threads``: torch threads per batch (0 = torch's default, one per core).
+    ``embedder_threads``: the model's threads per batch (0 = one per core).
 
     ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
     exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
