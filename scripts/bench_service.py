@@ -4,7 +4,9 @@
 server at 0 ms and at 300 ms LLM latency:
 
 1. sustained throughput: a burst of N queries, queries/s until the last response is
-   written, as a ratio to the raw embedder's batch throughput measured in the same run;
+   written, as a ratio to the raw embedder's batch throughput measured in the same run:
+   raw sentence-transformers (torch), and the raw model on the service's backend (onnx);
+   the same burst with ``backend = "torch"`` beside it (``--compare``);
 2. latency percentiles (enqueue → response written, from the stream ids) at an offered
    load of half that throughput;
 3. learner updates/s: ``--learner-updates`` decision records as the router writes them (SST-2
@@ -117,15 +119,21 @@ def serve_cpu_s(svc: Service) -> float:
 
 async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: float | None,
                     data_dir: str | None, batch_size: int, embedder_process: bool = True,
-                    embedder_threads: int = 0) -> dict[str, Any]:  # fmt: skip
+                    embedder_threads: int = 0, backend: str | None = None,
+                    transport: str | None = None) -> dict[str, Any]:  # fmt: skip
     cfg = builtin_config("imdb")  # sentiment arms; SST-2 sentences are unknown to the replay
+    if backend:
+        cfg = dataclasses.replace(cfg, embedder=dataclasses.replace(cfg.embedder, backend=backend))
     replay = ReplaySubprocess(latency_ms, data_dir)
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, snapshot_every_updates=10_000,
                                snapshot_every_s=30, max_in_flight=512, provider_concurrency=512,
                                batch_size=batch_size, embedder_process=embedder_process,
                                embedder_threads=embedder_threads)  # fmt: skip
-    svc = Service(settings, cfg, env={"METALLM_REPLAY_URL": replay.url})
+    env = {"METALLM_REPLAY_URL": replay.url}
+    if transport:
+        env["METALLM_OPENAI_TRANSPORT"] = transport
+    svc = Service(settings, cfg, env=env)
     keys = Keys(prefix)
     r: aioredis.Redis = aioredis.from_url(url)
     stop = asyncio.Event()
@@ -292,75 +300,75 @@ def main() -> None:
                     help="labels for the learner phase (0: skip)")  # fmt: skip
     ap.add_argument("--rss-queries", type=int, default=0)
     ap.add_argument("--embedder-threads", type=int, default=ServiceSettings().embedder_threads,
-                    help="torch threads of the router's embedder (default: the service's)")  # fmt: skip
+                    help="threads of the router's embedder (default: the service's)")  # fmt: skip
+    ap.add_argument("--compare", nargs="*", default=["backend+transport"],
+                    choices=["backend", "transport", "backend+transport", "embedder_process"],
+                    help="also run each burst with the torch backend, the openai client on httpx, both, "
+                         "or the embedder in a thread (default: backend+transport)")  # fmt: skip
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts = sst2(args.queries or 2000, args.data_dir)
-    # The raw model as the service configures it (imdb's [embedder]: model batch, sequence
-    # length), without the LRU cache. Not loaded for an RSS run alone, whose serve process
-    # is this one: its RSS is then the service's own.
-    emb = Embedder(dataclasses.replace(builtin_config("imdb").embedder, lru_size=0))
+    # The raw model as the service configures it (imdb's [embedder]: backend, model batch,
+    # sequence length), without the LRU cache, and sentence-transformers itself (the torch
+    # backend): the "raw embedder". Not loaded for an RSS run alone, whose serve
+    # process is this one: its RSS is then the service's own.
+    service_embedder = dataclasses.replace(builtin_config("imdb").embedder, lru_size=0)
+    emb = Embedder(service_embedder)
+    raw_st = Embedder(dataclasses.replace(service_embedder, backend="torch"))
     vectors = np.zeros((0, emb.dim), dtype=np.float32)
     if args.queries or args.learner_updates:
         emb.encode(texts[:64])
-        t0 = time.perf_counter()
         vectors = emb.encode(texts)
-        sorted_qps = len(texts) / (time.perf_counter() - t0)
-        print(f"raw embedder over the whole list at once: {sorted_qps:.0f} sentences/s "
-              f"({len(texts)} SST-2 sentences, sorted by length inside sentence-transformers)")  # fmt: skip
     with redis_for_run(os.environ.get("REDIS_URL") or _local_or_none()) as url:
         client_cpu_ms = 0.0
         if args.queries:
+            raw_st.encode(texts[:64])
             got = asyncio.run(provider_phase(texts, args.data_dir))
             client_cpu_ms = got["cpu_ms"]
             print(f"openai client alone against the replay server: {got['calls_per_s']:.0f} calls/s, "
                   f"{client_cpu_ms:.2f} CPU ms per call", flush=True)  # fmt: skip
         for latency in (0.0, 300.0) if args.queries else ():
-            # The baseline, measured right before each phase: the raw model called on the
-            # router's read batches in arrival order, as the router gets them (and on batches
-            # of 32, the model's own batch size, when the router reads more at a time).
-            raw = {b: raw_embed(emb, texts, b) for b in sorted({32, args.batch_size})}
-            raw_qps, raw_cpu_ms = raw[args.batch_size]
-            for b, (qps, cpu) in raw.items():
-                print(f"raw embedder: {qps:.0f} sentences/s ({cpu:.1f} CPU ms each) "
-                      f"called on {b} sentences at a time in arrival order", flush=True)  # fmt: skip
-            burst = asyncio.run(
-                run_phase(
-                    url,
-                    latency,
-                    texts,
-                    None,
-                    args.data_dir,
-                    args.batch_size,
-                    embedder_threads=args.embedder_threads,
-                )
-            )
+            # The baselines, measured right before each phase: the raw model called on the
+            # router's read batches in arrival order, as the router gets them.
+            st_qps, st_cpu_ms = raw_embed(raw_st, texts, args.batch_size)
+            raw_qps, raw_cpu_ms = raw_embed(emb, texts, args.batch_size)
+            print(f"raw sentence-transformers (torch): {st_qps:.0f} sentences/s ({st_cpu_ms:.1f} CPU ms each); "
+                  f"raw {service_embedder.backend} model (the service's backend): {raw_qps:.0f} sentences/s "
+                  f"({raw_cpu_ms:.1f} CPU ms each) = {raw_qps / st_qps:.2f}× sentence-transformers; "
+                  f"both called on {args.batch_size} sentences at a time in arrival order", flush=True)  # fmt: skip
+            burst = asyncio.run(run_phase(url, latency, texts, None, args.data_dir, args.batch_size,
+                                          embedder_threads=args.embedder_threads))  # fmt: skip
             paced = asyncio.run(run_phase(url, latency, texts[: args.queries // 2], burst["qps"] / 2,
                                           args.data_dir, args.batch_size,
                                           embedder_threads=args.embedder_threads))  # fmt: skip
             line = (f"serve, LLM latency {latency:.0f} ms: burst {burst['qps']:.0f} queries/s "
-                    f"(ratio to raw embedder {burst['qps'] / raw_qps:.2f}); at {burst['qps'] / 2:.0f} q/s offered: "
+                    f"(ratio to raw sentence-transformers {burst['qps'] / st_qps:.2f}, to the raw "
+                    f"{service_embedder.backend} model {burst['qps'] / raw_qps:.2f}); at {burst['qps'] / 2:.0f} q/s offered: "
                     f"p50 {paced['p50_ms']:.0f} ms, p95 {paced['p95_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms")  # fmt: skip
             print(line, flush=True)
             cpu, st = burst["cpu_ms"], burst["stage_ms"]
-            thread = asyncio.run(run_phase(url, latency, texts, None, args.data_dir, args.batch_size,
-                                           embedder_process=False, embedder_threads=args.embedder_threads))  # fmt: skip
-            print(f"   the embedder in a thread of serve instead (embedder_process = false): burst "
-                  f"{thread['qps']:.0f} queries/s (ratio {thread['qps'] / raw_qps:.2f}), "
-                  f"{thread['cpu_ms']['serve']:.1f} CPU ms per query; the child process gives "
-                  f"{burst['qps'] / thread['qps']:.2f}× that", flush=True)  # fmt: skip
+            for other, label in [({"backend": "torch"}, "with backend = \"torch\""),
+                                 ({"transport": "httpx"}, "with the openai client on httpx"),
+                                 ({"backend": "torch", "transport": "httpx"}, "with both (last session's service)"),
+                                 ({"embedder_process": False}, "with the embedder in a thread of serve")]:  # fmt: skip
+                if "+".join(other) not in args.compare:
+                    continue
+                alt = asyncio.run(run_phase(url, latency, texts, None, args.data_dir, args.batch_size,
+                                            embedder_threads=args.embedder_threads, **other))  # fmt: skip
+                print(f"   {label} instead: burst {alt['qps']:.0f} queries/s (ratio to raw "
+                      f"sentence-transformers {alt['qps'] / st_qps:.2f}), {alt['cpu_ms']['serve']:.1f} CPU ms "
+                      f"per query; the service's default gives {burst['qps'] / alt['qps']:.2f}× that", flush=True)  # fmt: skip
             print(f"   CPU ms per query in the burst: serve {cpu['serve']:.1f} (router process and embedder child; the raw model "
                   f"{raw_cpu_ms:.1f}), replay server {cpu['replay']:.1f}; stage embed {st['embed']:.1f} ms "
-                  f"per query (the raw model {1000 / raw_qps:.1f})"
-                  + "".join(f"; ratio to raw embedder on batches of {b}: {burst['qps'] / q:.2f}"
-                            for b, (q, _) in raw.items() if b != args.batch_size), flush=True)  # fmt: skip
+                  f"per query (the raw model {1000 / raw_qps:.1f})", flush=True)  # fmt: skip
             # serve needs at least the raw model's CPU plus the client's and the replay
             # server's per query, on the cores the raw model alone had to itself:
             cores = os.cpu_count() or 1
             ceiling = 1000 * cores / (raw_cpu_ms + client_cpu_ms + cpu["replay"])
-            print(f"   CPU ceiling on {cores} cores: {ceiling:.0f} queries/s = {ceiling / raw_qps:.2f} of the raw "
-                  f"embedder (raw model {raw_cpu_ms:.1f} + openai client {client_cpu_ms:.1f} + replay server "
-                  f"{cpu['replay']:.1f} CPU ms per query); serve reached {burst['qps'] / ceiling:.2f} of it", flush=True)  # fmt: skip
+            print(f"   CPU ceiling on {cores} cores: {ceiling:.0f} queries/s = {ceiling / st_qps:.2f} of raw "
+                  f"sentence-transformers (raw {service_embedder.backend} model {raw_cpu_ms:.1f} + openai client "
+                  f"{client_cpu_ms:.1f} + replay server {cpu['replay']:.1f} CPU ms per query); serve reached "
+                  f"{burst['qps'] / ceiling:.2f} of it", flush=True)  # fmt: skip
         if args.learner_updates:
             got = asyncio.run(learner_phase(url, vectors, texts, args.learner_updates))
             print(f"learner: {got['updates_per_s']:.0f} updates/s over {args.learner_updates} labels "

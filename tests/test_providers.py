@@ -43,7 +43,17 @@ def bedrock_provider(url: str, model: str) -> BedrockProvider:
     )  # fmt: skip
 
 
-PROVIDERS = {"openai": openai_provider, "bedrock": bedrock_provider}
+def openai_on_httpx(url: str, model: str) -> OpenAIProvider:
+    return OpenAIProvider(model, api_key="sk-local-test", base_url=f"{url}/v1", timeout_s=5,
+                          transport="httpx")  # fmt: skip
+
+
+# openai runs on the aiohttp transport by default; "openai-httpx" is the client's own.
+PROVIDERS = {
+    "openai": openai_provider,
+    "openai-httpx": openai_on_httpx,
+    "bedrock": bedrock_provider,
+}
 
 
 async def ask(provider, prompt: str):  # type: ignore[no-untyped-def]
@@ -102,6 +112,23 @@ def test_nothing_listening_is_a_retryable_connection_error(kind: str) -> None:
     assert err.value.kind == "connection" and err.value.retryable
 
 
+def test_an_answer_slower_than_the_timeout_is_a_retryable_timeout(
+    arc: tuple[Dataset, RoutingConfig],
+) -> None:
+    ds, cfg = arc
+    slow = ReplayServer(ReplayBook(ds, cfg), Faults(latency_ms=3000)).start()
+    try:
+        provider = OpenAIProvider("claude-v1", api_key="sk-local-test", base_url=f"{slow.url}/v1",
+                                  timeout_s=0.3)  # fmt: skip
+        t0 = time.perf_counter()
+        with pytest.raises(ProviderError) as err:
+            asyncio.run(ask(provider, ds.texts[0]))
+        assert err.value.kind == "timeout" and err.value.retryable
+        assert time.perf_counter() - t0 < 2.5
+    finally:
+        slow.stop()
+
+
 def test_injected_latency_is_applied(arc: tuple[Dataset, RoutingConfig]) -> None:
     ds, cfg = arc
     slow = ReplayServer(ReplayBook(ds, cfg), Faults(latency_ms=200)).start()
@@ -145,3 +172,22 @@ def test_replay_llm_command_serves_until_stopped(data_dir: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_the_openai_transport_is_chosen_by_the_environment(
+    arc: tuple[Dataset, RoutingConfig], server: ReplayServer
+) -> None:
+    from bandit.errors import ConfigError
+    from workers.providers import build_providers
+
+    _, cfg = arc
+    env = {"METALLM_REPLAY_URL": server.url}
+    for transport in ("", "httpx", "aiohttp"):
+        providers = build_providers(cfg.arms, {**env, "METALLM_OPENAI_TRANSPORT": transport})
+        http = next(iter(providers.values()))._client._client  # type: ignore[attr-defined]
+        on_aiohttp = "Aiohttp" in type(http._transport).__name__
+        assert on_aiohttp == (transport != "httpx")
+    with pytest.raises(
+        ConfigError, match="METALLM_OPENAI_TRANSPORT=curl must be one of aiohttp, httpx"
+    ):
+        build_providers(cfg.arms, {**env, "METALLM_OPENAI_TRANSPORT": "curl"})
