@@ -9,6 +9,7 @@ mode = "decoupled"
 
 [embedder]          # EmbedderConfig fields
 max_seq_length = 256
+backend = "onnx"    # or "torch" (sentence-transformers itself)
 
 [[arms]]            # Arm fields, one table per arm, in action order
 name = "gpt-4"

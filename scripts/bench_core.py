@@ -50,8 +50,8 @@ def main() -> None:
     print(f"1. embedder, {args.sentences} SST-2 sentences per run (sentences/s)")
     print(f"   {'batch':>5} {'raw s-t':>9} {'metallm':>9} {'ratio':>6}")
     for batch in (1, 32, 256):
-        emb = Embedder(EmbedderConfig(batch_size=batch, lru_size=0))
-        model = emb._load()
+        emb = Embedder(EmbedderConfig(batch_size=batch, lru_size=0))  # the onnx backend
+        model = Embedder(EmbedderConfig(backend="torch"))._load()  # sentence-transformers
         n = args.sentences if batch > 1 else min(args.sentences, 128)
         chunk = sentences[:n]
 
