@@ -6,7 +6,9 @@ server at 0 ms and at 300 ms LLM latency:
 1. sustained throughput: a burst of N queries, queries/s until the last response is
    written, as a ratio to the raw embedder's batch throughput measured in the same run:
    raw sentence-transformers (torch), and the raw model on the service's backend (onnx);
-   the same burst with ``backend = "torch"`` beside it (``--compare``);
+   the same burst with the previous defaults beside it (``--compare backend+transport``:
+   the torch backend and the openai client on httpx; or either alone, or the embedder in a
+   thread);
 2. latency percentiles (enqueue → response written, from the stream ids) at an offered
    load of half that throughput;
 3. learner updates/s: ``--learner-updates`` decision records as the router writes them (SST-2
