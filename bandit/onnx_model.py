@@ -4,9 +4,10 @@ sentence-transformers runs all-MiniLM-L6-v2 through torch. ``OnnxSentenceModel``
 same network, exported once to an ONNX file, on ONNX Runtime, and does the rest of
 sentence-transformers' work itself: the model's own tokenizer (``tokenizer.json``, through
 the ``tokenizers`` library), mean pooling over the attention mask, unit length. Its vectors
-equal sentence-transformers' to 1e-6 (tests/test_embedder.py); it embeds 1.15-1.35× faster
-on 2 cores and its process needs no torch: 254 MB of RSS against 670 MB
-(scripts/bench_service.py prints both backends).
+equal sentence-transformers' to 1e-6 (tests/test_embedder.py); it embeds 1.1-1.4× faster
+on 2 cores (scripts/bench_service.py measures both backends) and its process needs no
+torch: the router's embedder child holds 300-350 MB against 600-730 MB with torch
+(README, the RSS of the service benchmark).
 
 The export needs torch and the ``onnx`` package and takes a few seconds; it happens the
 first time a model is used and is kept in ``onnx_dir`` under a name that changes when the
