@@ -98,6 +98,48 @@ def test_duplicate_and_unknown_feedback_never_train(
     assert len(dead) == 1 and dead[0][b"stage"] == b"feedback"
 
 
+def test_the_batch_read_ahead_is_learned_and_acknowledged_on_stop(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    from prometheus_client import CollectorRegistry
+    from redis import asyncio as aioredis
+
+    import workers.learner
+    from bandit.config import builtin_config
+    from workers.learner import Learner
+    from workers.metrics import Metrics
+    from workers.service import fresh_policy
+
+    monkeypatch.setattr(workers.learner, "FEEDBACK_BATCH", 4)
+    keys, r = Keys(prefix), redis.Redis.from_url(redis_url)
+    policy = fresh_policy(builtin_config("overruling"))
+    vectors = np.random.default_rng(0).normal(size=(7, policy.dim))
+    for i, line in enumerate(
+        policy.features.shared_batch(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    ):
+        r.hset(keys.decision(f"q{i}"), mapping={"shared": line, "arm": i % policy.n_arms, "prob": "0.9",
+                                               "cost": "0.5", "label": "Yes", "fallback": 0, "failed": 0})  # fmt: skip
+        r.xadd(keys.feedback, {"id": f"q{i}", "label": "Yes" if i % 2 else "No"})
+
+    async def main() -> tuple[int, int, int, int]:
+        ar = aioredis.Redis.from_url(redis_url)
+        learner = Learner(
+            fast_settings(redis_url, prefix), policy, ar, Metrics(CollectorRegistry())
+        )
+        stop = asyncio.Event()
+        stop.set()
+        await learner.run(stop)  # creates the group and publishes; no step
+        await learner.step()  # learns the first 4 and reads and joins the other 3 ahead
+        after_step = (learner.updates, int(r.xpending(keys.feedback, "learners")["pending"]))
+        await learner.run(stop)  # stops at once: what was read ahead is learned on the way out
+        await ar.aclose()
+        return (*after_step, learner.updates, int(r.xpending(keys.feedback, "learners")["pending"]))
+
+    assert asyncio.run(main()) == (4, 3, 7, 0)
+    assert r.get(keys.model_version) == b"7"  # the snapshot on stop holds all of them
+
+
 @pytest.mark.parametrize(
     ("default_reward", "outcome", "updates"), [(None, "expired", 0), (0.0, "defaulted", 3)]
 )

@@ -14,6 +14,7 @@ import math
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ return out
 """.replace("@FIELDS@", ", ".join(f"'{f}'" for f in RECORD_FIELDS)).replace(
     "@LABEL@", str(RECORD_FIELDS.index("label") + 1)
 )
+# Updates learned between yields to the event loop, so the read-ahead (and, in serve, the
+# router) run while a batch learns.
+LEARN_CHUNK = 64
 INVALID_FEEDBACK = "feedback needs 'id' and either 'label' or a numeric 'reward' in [0, 1]"
 
 
@@ -73,6 +77,16 @@ def _parse_feedback(f: dict[str, str]) -> tuple[str, float | None] | None:
     return qid, reward
 
 
+@dataclass
+class _Joined:
+    """Feedback entries joined with their decision records, not yet learned: each entry's
+    outcome so far (None: to learn) and (entry index, record, correctness) to learn."""
+
+    entries: list[Entry]
+    outcomes: list[str | None]
+    learn: list[tuple[int, dict[str, str], float]]
+
+
 class Learner:
     def __init__(
         self, settings: ServiceSettings, policy: Policy, redis: aioredis.Redis, metrics: Metrics
@@ -88,6 +102,7 @@ class Learner:
         self.updates = 0
         self._join = redis.register_script(JOIN_SCRIPT)
         self._per_arm: dict[str, tuple[Any, Any, Any]] = {}
+        self._next: _Joined | None = None  # the batch read and joined ahead
         metrics.model_version.set(policy.version)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -96,9 +111,35 @@ class Learner:
             await self.publish()  # routers start from the same model the learner has
         while not stop.is_set():
             await self.step()
+        if self._next is not None:  # read and joined ahead: learn and acknowledge it too
+            await self._apply(self._next)
+            self._next = None
         await self.publish()
 
     async def step(self) -> int:
+        """Learn one batch of feedback; returns how many entries it held."""
+        batch = self._next if self._next is not None else await self._fetch(block=True)
+        self._next = None
+        if batch.entries:
+            # The next batch is read and joined while this one learns: the join runs in
+            # Redis (a third of a step when it waited) while VW learns here.
+            ahead = asyncio.create_task(self._fetch(block=False))
+            try:
+                await self._apply(batch)
+            finally:
+                joined = await ahead
+                self._next = joined if joined.entries else None
+        await self.expire_due()
+        await self.maybe_publish()
+        lag, pending = await group_backlog(self.r, self.keys.feedback, LEARNERS_GROUP)
+        if lag is not None:
+            self.m.stream_lag.labels("feedback").set(lag)
+        self.m.pending.labels("feedback").set(pending)
+        return len(batch.entries)
+
+    async def _fetch(self, block: bool) -> _Joined:
+        """The next feedback entries (stale ones claimed first), joined with their decision
+        records. ``block=False`` does not wait for new entries."""
         s = self.settings
         entries: list[Entry] = []
         if time.monotonic() - self._last_claim >= s.claim_idle_ms / 2000:
@@ -106,70 +147,61 @@ class Learner:
             entries = await claim_stale(self.r, self.keys.feedback, LEARNERS_GROUP, self.consumer,
                                         s.claim_idle_ms, FEEDBACK_BATCH)  # fmt: skip
         entries += await read_new(self.r, self.keys.feedback, LEARNERS_GROUP, self.consumer,
-                                  FEEDBACK_BATCH, s.block_ms)  # fmt: skip
-        if entries:
-            await self.handle_batch(entries)
-        await self.expire_due()
-        await self.maybe_publish()
-        lag, pending = await group_backlog(self.r, self.keys.feedback, LEARNERS_GROUP)
-        if lag is not None:
-            self.m.stream_lag.labels("feedback").set(lag)
-        self.m.pending.labels("feedback").set(pending)
-        return len(entries)
+                                  FEEDBACK_BATCH, s.block_ms if block else None)  # fmt: skip
+        return await self._join_records(entries)
 
-    async def handle_batch(self, entries: list[Entry]) -> list[str]:
-        """Learn from a batch of feedback entries with one Redis round trip per step;
-        returns the outcome each was counted under."""
-        outcomes: list[str | None] = [None] * len(entries)
+    async def _join_records(self, entries: list[Entry]) -> _Joined:
+        """Each entry's outcome, or what it teaches, with one Redis round trip per batch."""
+        batch = _Joined(entries, [None] * len(entries), [])
         parsed: list[tuple[int, str, float | None]] = []
         for k, e in enumerate(entries):
             got = _parse_feedback(e.fields)
             if got is None:
-                outcomes[k] = "invalid"
+                batch.outcomes[k] = "invalid"
             else:
                 parsed.append((k, *got))
+        if not parsed:
+            return batch
+        # Each id's decision record and, for the answered ones, the learned:{id} marker
+        # (SET NX) and its removal from the awaiting set.
         ttl = int(self.settings.reward_wait_s * 2) + 60
-        records: dict[int, dict[str, str]] = {}
-        firsts: dict[int, bool] = {}
-        if parsed:
-            # One round trip: each id's decision record and, for the answered ones, the
-            # learned:{id} marker (SET NX) and its removal from the awaiting set.
-            keys = [self.keys.awaiting]
-            for _, qid, _ in parsed:
-                keys += [self.keys.decision(qid), self.keys.learned(qid)]
-            reply = await self._join(keys=keys, args=[ttl, *(q for _, q, _ in parsed)])
-            for (k, _, _), (first, raw) in zip(parsed, reply, strict=True):
-                record = {
-                    f: _s(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None
-                }
-                if not record or "label" not in record:
-                    outcomes[k] = "unknown"  # never decided, expired, or not answered yet
-                else:
-                    records[k], firsts[k] = record, bool(first)
-        joinable = [(k, reward) for k, _, reward in parsed if k in records]
-        for k, reward in joinable:
-            record = records[k]
-            if not firsts[k]:
-                outcomes[k] = "duplicate"
+        keys = [self.keys.awaiting]
+        for _, qid, _ in parsed:
+            keys += [self.keys.decision(qid), self.keys.learned(qid)]
+        reply = await self._join(keys=keys, args=[ttl, *(q for _, q, _ in parsed)])
+        for (k, _, reward), (first, raw) in zip(parsed, reply, strict=True):
+            record = {f: _s(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
+            if not record or "label" not in record:
+                batch.outcomes[k] = "unknown"  # never decided, expired, or not answered yet
+            elif not first:
+                batch.outcomes[k] = "duplicate"
             elif record.get("failed") == "1" or record.get("fallback") == "1":
                 # The answering arm was not drawn from the logged pmf: no unbiased update.
-                outcomes[k] = "not_learnable"
+                batch.outcomes[k] = "not_learnable"
             else:
                 label = entries[k].fields.get("label", "")
-                self._learn(
-                    record, reward if reward is not None else is_correct(record["label"], label)
-                )
-                outcomes[k] = "joined"
+                correct = reward if reward is not None else is_correct(record["label"], label)
+                batch.learn.append((k, record, correct))
+        return batch
+
+    async def _apply(self, batch: _Joined) -> list[str]:
+        """Learn a joined batch, dead-letter its invalid entries and acknowledge them all;
+        returns the outcome each was counted under."""
+        for n, (k, record, correct) in enumerate(batch.learn):
+            if n and n % LEARN_CHUNK == 0:
+                await asyncio.sleep(0)  # let the read-ahead and the router's tasks run
+            self._learn(record, correct)
+            batch.outcomes[k] = "joined"
         async with self.r.pipeline(transaction=True) as pipe:
-            for e, outcome in zip(entries, outcomes, strict=True):
+            for e, outcome in zip(batch.entries, batch.outcomes, strict=True):
                 if outcome == "invalid":
                     fields: dict[Any, Any] = {**e.fields, "stage": "feedback", "error": INVALID_FEEDBACK,
                                               "deliveries": str(e.deliveries)}  # fmt: skip
                     pipe.xadd(self.keys.dead, fields)
                     self.m.dead_letters.labels("feedback").inc()
-            pipe.xack(self.keys.feedback, LEARNERS_GROUP, *(e.id for e in entries))
+            pipe.xack(self.keys.feedback, LEARNERS_GROUP, *(e.id for e in batch.entries))
             await pipe.execute()
-        done = [o or "unknown" for o in outcomes]
+        done = [o or "unknown" for o in batch.outcomes]
         for o in done:
             self._count(o)
         return done

@@ -49,8 +49,10 @@ async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
 
 
 async def read_new(
-    r: aioredis.Redis, stream: str, group: str, consumer: str, count: int, block_ms: int
+    r: aioredis.Redis, stream: str, group: str, consumer: str, count: int, block_ms: int | None
 ) -> list[Entry]:
+    """Up to ``count`` entries not yet delivered to ``group``, waiting up to ``block_ms`` for
+    the first (None: not at all)."""
     reply: Any = await r.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
     out: list[Entry] = []
     for _, entries in reply or []:
