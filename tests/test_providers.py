@@ -129,6 +129,30 @@ def test_an_answer_slower_than_the_timeout_is_a_retryable_timeout(
         slow.stop()
 
 
+def test_a_client_that_hangs_up_is_no_traceback_and_the_server_goes_on(
+    arc: tuple[Dataset, RoutingConfig], capfd: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+    import struct
+
+    ds, cfg = arc
+    srv = ReplayServer(ReplayBook(ds, cfg), Faults(latency_ms=300)).start()
+    try:
+        host, port = srv.url.removeprefix("http://").split(":")
+        body = b'{"model": "claude-v1", "messages": [{"role": "user", "content": "hi"}]}'
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(0.8)  # the handler answers into a reset connection
+        answer = asyncio.run(ask(openai_provider(srv.url, "claude-v1"), ds.texts[0]))
+        assert answer.tokens_in > 0
+    finally:
+        srv.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err
+
+
 def test_injected_latency_is_applied(arc: tuple[Dataset, RoutingConfig]) -> None:
     ds, cfg = arc
     slow = ReplayServer(ReplayBook(ds, cfg), Faults(latency_ms=200)).start()

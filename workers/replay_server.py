@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -115,6 +116,15 @@ class _Server(ThreadingHTTPServer):
     # The default listen backlog (5) resets connections under a burst of concurrent calls.
     request_queue_size = 1024
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (it timed out, say) is not the server's error: one line at
+        debug level, not the default traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            log.debug("client %s hung up: %s", client_address, exc)
+        else:
+            super().handle_error(request, client_address)
 
 
 class ReplayServer:
