@@ -7,11 +7,17 @@ calls in flight the client cost 3.3 CPU ms per call against 1.7 on aiohttp (64 i
 4.4 against 2.1 at 256), on the same core as the router's event loop
 (``scripts/bench_service.py`` prints the client's cost alone). ``transport = "httpx"``
 (``METALLM_OPENAI_TRANSPORT``) goes back to the client's default transport.
+
+Each call is the client's ``post`` to ``/chat/completions``, parsed into its typed
+``ChatCompletion``: the same request, retries, errors and response model as
+``chat.completions.create``, without its transform of the params (0.74 against 0.96 CPU ms
+per call over three alternating runs of 3,000 calls at 64 in flight, a /tmp script).
 """
 
 from __future__ import annotations
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from workers.providers.base import (
     DEFAULT_MAX_TOKENS,
@@ -60,11 +66,18 @@ class OpenAIProvider:
 
     async def complete(self, prompt: str, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> Completion:
         try:
-            resp = await self._client.chat.completions.create(
-                model=self.model_id,
-                messages=[{"role": "user", "content": prompt}],
-                max_tokens=max_tokens,
-                temperature=0,
+            # The client's own POST (its documented way to make custom requests) rather
+            # than chat.completions.create, whose recursive transform of the params costs
+            # a fifth of the client's CPU per call; this body is plain JSON already.
+            resp = await self._client.post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                body={
+                    "model": self.model_id,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                },
             )
         except openai.APITimeoutError as exc:
             if _refused(exc):  # the aiohttp transport reports a refused connect as a timeout
