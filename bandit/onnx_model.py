@@ -147,6 +147,9 @@ class OnnxSentenceModel:
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per core
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle model threads sleep instead of spinning: beside the router's event loop on
+        # few cores, spinning took CPU from it (README, "Benchmark of the service").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.threads = threads or (os.cpu_count() or 1)
