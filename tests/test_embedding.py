@@ -63,10 +63,15 @@ def test_errors_of_the_model_reach_the_router_and_a_dead_child_is_replaced() -> 
                 await child.embed(["fine", "   "])
             first = child.pid
             assert first is not None
-            os.kill(first, signal.SIGKILL)  # out of memory, say
-            await asyncio.sleep(0.2)
-            vectors = await child.embed(TEXTS)  # embedded again by a new child
-            assert vectors.shape == (3, 384) and child.restarts == 1
+            # Two batches handed over, the child killed under them (out of memory, say):
+            # both are embedded again by one new child.
+            long = [f"{t} " * 40 + str(i) for i, t in enumerate(TEXTS * 100)]
+            both = asyncio.gather(child.embed(long), child.embed(TEXTS))
+            await asyncio.sleep(0.05)
+            os.kill(first, signal.SIGKILL)
+            vectors_long, vectors = await both
+            assert vectors_long.shape == (len(long), 384) and vectors.shape == (3, 384)
+            assert child.restarts == 1
             assert child.pid not in (None, first)
         finally:
             await child.close()

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
@@ -45,27 +45,31 @@ class RouterEmbedder(Protocol):
 
 
 class EmbedderThread:
-    """The embedder in the router's process, called from a worker thread."""
+    """The embedder in the router's process, called from a worker thread of its own (batches
+    handed over together are embedded one after the other, in order)."""
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.embedder.embed, ["warm up the model"])
+        await self.embed(["warm up the model"])
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return await asyncio.to_thread(self.embedder.embed, list(texts))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.embedder.embed, list(texts))
 
     async def close(self) -> None:
-        return None
+        await asyncio.to_thread(self._thread.shutdown, True)
 
 
 class EmbedderProcess:
-    """The embedder in a spawned child process (one batch at a time).
+    """The embedder in a spawned child process (one batch at a time; batches handed over
+    together wait their turn in order).
 
     The child exits when the router dies, even by SIGKILL (it watches its parent), and
     ignores SIGINT, so that a Ctrl-C reaches only the router, which finishes its batch.
-    A child that dies (killed, out of memory) is replaced once per batch; the batch is
+    A child that dies (killed, out of memory) is replaced once; each batch it held is
     embedded again by the new child."""
 
     def __init__(self, config: EmbedderConfig, threads: int = 0) -> None:
@@ -109,14 +113,17 @@ class EmbedderProcess:
         if self._pool is None:
             await self.start()
         batch = list(texts)
+        pool = self._pool
         try:
             return await self._call(batch)
         except BrokenProcessPool:
-            log.error("the embedder process died; starting a new one and embedding the batch again")
-            self.restarts += 1
-            old, self._pool = self._pool, self._new_pool()
-            if old is not None:
-                old.shutdown(wait=False, cancel_futures=True)
+            # Every batch handed to the dead child fails; the first to see it starts a new one.
+            if self._pool is pool:
+                log.error("the embedder process died; starting a new one and embedding again")
+                self.restarts += 1
+                self._pool = self._new_pool()
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
             try:
                 return await self._call(batch)
             except BrokenProcessPool as exc:

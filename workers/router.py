@@ -1,9 +1,10 @@
 """The router worker: queries stream → embed → decide → dispatch → responses stream.
 
-One batch at a time: read (claimed stale entries first, then new ones), embed the batch
-at once, decide every query, store the decision records, call the chosen arms
-concurrently, write the responses and acknowledge — a query is acknowledged only after its
-response is written.
+Per batch: read (claimed stale entries first, then new ones), embed the batch at once,
+decide every query, store the decision records, call the chosen arms concurrently, write
+the responses and acknowledge — a query is acknowledged only after its response is
+written. Batches overlap: the next one embeds while this one is decided and its calls are
+out.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis.asyncio as aioredis
 
 from bandit.config import RoutingConfig
@@ -44,6 +47,15 @@ class Query:
     text: str
     labels: tuple[str, ...]
     meta: str
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """A batch whose embedding has started."""
+
+    queries: list[Query]
+    vectors: asyncio.Future[np.ndarray]
+    started: float  # perf_counter when it was read
 
 
 @dataclass(frozen=True)
@@ -122,24 +134,32 @@ class Router:
         # Entry ids this router is working on: XAUTOCLAIM also returns a consumer's own
         # entries once idle, and those must not be answered twice.
         self._working: set[str] = set()
+        self._embedder_free_at = 0.0  # perf_counter when the embedder last finished a batch
         self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
         m = metrics
         m.model_version.set(policy.version)
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Read and prepare batch k+1 (embed, decide) while batch k's LLM calls are out;
-        on stop, finish every batch in flight before returning (warm stop)."""
+        """Keep one batch embedding ahead: while the embedder works on batch k+1, batch k is
+        decided and recorded, and earlier batches' LLM calls are out. On stop, finish every
+        batch read (embedding or in flight) before returning (warm stop)."""
         await ensure_group(self.r, self.keys.queries, ROUTERS_GROUP)
         log.info("router %s reading %s", self.consumer, self.keys.queries)
         max_batches = max(2, self.settings.max_in_flight // self.settings.batch_size)
+        embedding: deque[Embedding] = deque()
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
                 await self.maybe_reload()
-                entries = await self.read_batch()
-                batch = await self.prepare(entries) if entries else None
-                if batch is not None:
+                # While a batch embeds, only take what is there already, so that a quiet
+                # stream does not hold it back.
+                entries = await self.read_batch(block=not embedding)
+                started = await self.start(entries) if entries else None
+                if started is not None:
+                    embedding.append(started)
+                if len(embedding) > (1 if entries else 0):
+                    batch = await self.decide(embedding.popleft())
                     in_flight.add(asyncio.create_task(self.finish(batch)))
                 while len(in_flight) >= max_batches or (in_flight and not entries):
                     done, in_flight = await asyncio.wait(
@@ -151,6 +171,12 @@ class Router:
                     if not done:
                         break
         finally:
+            while embedding:
+                try:
+                    batch = await self.decide(embedding.popleft())
+                    in_flight.add(asyncio.create_task(self.finish(batch)))
+                except Exception as exc:  # left pending: another router claims it
+                    log.error("batch failed during shutdown: %s", exc)
             if in_flight:
                 for result in await asyncio.gather(*in_flight, return_exceptions=True):
                     if isinstance(result, Exception):
@@ -164,7 +190,9 @@ class Router:
             await self.process(entries)
         return len(entries)
 
-    async def read_batch(self) -> list[Entry]:
+    async def read_batch(self, block: bool = True) -> list[Entry]:
+        """Stale entries claimed first, then new ones; ``block=False`` does not wait for new
+        entries."""
         s = self.settings
         entries: list[Entry] = []
         now = time.monotonic()
@@ -175,16 +203,16 @@ class Router:
             entries = [e for e in claimed if e.id not in self._working]
         if len(entries) < s.batch_size:
             entries += await read_new(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
-                                      s.batch_size - len(entries), s.block_ms)  # fmt: skip
+                                      s.batch_size - len(entries), s.block_ms if block else None)  # fmt: skip
         return entries
 
     async def process(self, entries: list[Entry]) -> None:
-        batch = await self.prepare(entries)
-        if batch is not None:
-            await self.finish(batch)
+        started = await self.start(entries)
+        if started is not None:
+            await self.finish(await self.decide(started))
 
-    async def prepare(self, entries: list[Entry]) -> Batch | None:
-        """Dead-letter what cannot be answered; embed, decide and record the rest."""
+    async def start(self, entries: list[Entry]) -> Embedding | None:
+        """Dead-letter what cannot be answered and start embedding the rest."""
         t0 = time.perf_counter()
         self.m.batch_size.observe(len(entries))
         queries: list[Query] = []
@@ -203,15 +231,31 @@ class Router:
         if not queries:
             return None
         self._working.update(q.entry.id for q in queries)
-        with self.m.stage.labels("embed").time():
-            vectors = await self.embedder.embed([q.text for q in queries])
+        vectors = asyncio.ensure_future(self._embed([q.text for q in queries]))
+        await asyncio.sleep(0)  # hand the batch to the embedder now
+        return Embedding(queries, vectors, t0)
+
+    async def _embed(self, texts: list[str]) -> np.ndarray:
+        submitted = time.perf_counter()
+        vectors = await self.embedder.embed(texts)
+        # Stage "embed" is the embedder's time on this batch: from when it was handed over,
+        # or from when the batch before it was done, as the embedder takes them in order.
+        done = time.perf_counter()
+        self.m.stage.labels("embed").observe(done - max(submitted, self._embedder_free_at))
+        self._embedder_free_at = done
+        return vectors
+
+    async def decide(self, started: Embedding) -> Batch:
+        """Decide every query of an embedded batch and store the decision records."""
+        vectors = await started.vectors
         if self._trimmer.due():
             await asyncio.to_thread(self._trimmer.trim)
+        queries = started.queries
         with self.m.stage.labels("decide").time():
             shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
             decisions = self.policy.decide_lines(shared)
         await self._store_decisions(queries, decisions, shared)
-        return Batch(queries, decisions, t0)
+        return Batch(queries, decisions, started.started)
 
     async def finish(self, batch: Batch) -> None:
         """Call the arms, then write the responses and acknowledge, in one transaction."""
