@@ -360,7 +360,7 @@ def main() -> None:
             cpu, st = burst["cpu_ms"], burst["stage_ms"]
             for other, label in [({"backend": "torch"}, "with backend = \"torch\""),
                                  ({"transport": "httpx"}, "with the openai client on httpx"),
-                                 ({"backend": "torch", "transport": "httpx"}, "with both (last session's service)"),
+                                 ({"backend": "torch", "transport": "httpx"}, "with both (torch and httpx, the earlier defaults)"),
                                  ({"embedder_process": False}, "with the embedder in a thread of serve")]:  # fmt: skip
                 if "+".join(other) not in args.compare:
                     continue
