@@ -197,3 +197,69 @@ def test_a_router_exports_when_the_learner_published_its_model(
             await learner.close()
 
     asyncio.run(main())
+
+
+def test_a_slow_answer_does_not_hold_back_the_rest_of_its_batch(
+    redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig]
+) -> None:
+    ds, cfg = overruling
+    keys = Keys(prefix)
+    uneven = ReplayServer(ReplayBook(ds, cfg), Faults(latency_ms=700, latency_sd_ms=400)).start()
+    svc = Service(settings(redis_url, prefix), cfg, env={"METALLM_REPLAY_URL": uneven.url})
+    n = 16
+
+    async def body(svc: Service, r: aioredis.Redis) -> None:
+        await wait_for(lambda: _count(r, keys.responses, n))
+        assert svc.router is not None and svc.router.answered == n
+
+    async def enqueue() -> None:
+        r = aioredis.Redis.from_url(redis_url)
+        for i in range(n):  # all there before the router starts: one batch
+            await r.xadd(keys.queries, {"id": ds.ids[i], "text": ds.texts[i]})
+        await r.aclose()
+
+    try:
+        asyncio.run(enqueue())
+        run_with_service(svc, body)
+    finally:
+        uneven.stop()
+
+    async def written_ms() -> list[int]:
+        r = aioredis.Redis.from_url(redis_url)
+        try:
+            return [int(eid.split(b"-")[0]) for eid, _ in await r.xrange(keys.responses)]
+        finally:
+            await r.aclose()
+
+    written = asyncio.run(written_ms())
+    # Each response is written when its own answer is in, not with the batch's slowest.
+    assert max(written) - min(written) > 300
+
+
+def test_queries_do_not_wait_in_the_stream_behind_small_batches(
+    redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig]
+) -> None:
+    ds, cfg = overruling
+    keys = Keys(prefix)
+    slow = ReplayServer(ReplayBook(ds, cfg), Faults(latency_ms=800)).start()
+    svc = Service(settings(redis_url, prefix, batch_size=8, max_in_flight=16), cfg,
+                  env={"METALLM_REPLAY_URL": slow.url})  # fmt: skip
+    n = 12
+
+    async def body(svc: Service, r: aioredis.Redis) -> None:
+        for i in range(n):  # slower than the router reads: batches of one
+            await r.xadd(keys.queries, {"id": ds.ids[i], "text": ds.texts[i]})
+            await asyncio.sleep(0.1)
+        await wait_for(lambda: _count(r, keys.responses, n))
+        waits = []
+        for eid, f in await r.xrange(keys.queries):
+            decided = float(await r.hget(keys.decision(f[b"id"].decode()), "decided_at"))
+            waits.append(decided - int(eid.split(b"-")[0]) / 1000)
+        # 12 calls out at most, under max_in_flight: none waits for a call to end (0.8 s)
+        # before it is read and decided, as with a bound on batches in flight.
+        assert max(waits) < 0.5
+
+    try:
+        run_with_service(svc, body)
+    finally:
+        slow.stop()

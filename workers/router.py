@@ -134,6 +134,7 @@ class Router:
         # Entry ids this router is working on: XAUTOCLAIM also returns a consumer's own
         # entries once idle, and those must not be answered twice.
         self._working: set[str] = set()
+        self._unanswered = 0  # queries decided whose responses are not written yet (finish)
         self._embedder_free_at = 0.0  # perf_counter when the embedder last finished a batch
         self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
         m = metrics
@@ -146,7 +147,6 @@ class Router:
         batch read (embedding or in flight) before returning (warm stop)."""
         await ensure_group(self.r, self.keys.queries, ROUTERS_GROUP)
         log.info("router %s reading %s", self.consumer, self.keys.queries)
-        max_batches = max(2, self.settings.max_in_flight // self.settings.batch_size)
         embedding: deque[Embedding] = deque()
         in_flight: set[asyncio.Task[None]] = set()
         try:
@@ -161,14 +161,18 @@ class Router:
                 if len(embedding) > (1 if entries else 0):
                     batch = await self.decide(embedding.popleft())
                     in_flight.add(asyncio.create_task(self.finish(batch)))
-                while len(in_flight) >= max_batches or (in_flight and not entries):
+                # Read on while fewer than max_in_flight queries are decided and unanswered,
+                # so the calls out stay at max_in_flight however small the batches are.
+                while in_flight and (
+                    self._unanswered >= self.settings.max_in_flight or not entries
+                ):
+                    full = self._unanswered >= self.settings.max_in_flight
                     done, in_flight = await asyncio.wait(
-                        in_flight, timeout=None if len(in_flight) >= max_batches else 0.001,
-                        return_when=asyncio.FIRST_COMPLETED,
+                        in_flight, timeout=0.005 if full else 0.001, return_when=asyncio.FIRST_COMPLETED
                     )  # fmt: skip
                     for t in done:
                         t.result()
-                    if not done:
+                    if not done and not full:
                         break
         finally:
             while embedding:
@@ -255,22 +259,38 @@ class Router:
             shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
             decisions = self.policy.decide_lines(shared)
         await self._store_decisions(queries, decisions, shared)
+        self._unanswered += len(queries)
         return Batch(queries, decisions, started.started)
 
     async def finish(self, batch: Batch) -> None:
-        """Call the arms, then write the responses and acknowledge, in one transaction."""
-        with self.m.stage.labels("dispatch").time():
-            answers = await asyncio.gather(
-                *(self.answer(q, d) for q, d in zip(batch.queries, batch.decisions, strict=True))
-            )
+        """Call the arms; write each response and acknowledge its query as soon as its
+        answer is in, in one transaction with the others of the batch answered by then, so
+        that a slow call does not hold back the rest of its batch."""
+        t0 = time.perf_counter()
+        calls = {
+            asyncio.create_task(self.answer(q, d)): (q, d)
+            for q, d in zip(batch.queries, batch.decisions, strict=True)
+        }
+        pending = set(calls)
         try:
-            await self._write_responses(batch.queries, batch.decisions, answers)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if not pending:
+                    self.m.stage.labels("dispatch").observe(time.perf_counter() - t0)
+                ready = [(*calls[t], t.result()) for t in done]
+                await self._write_responses(ready)
+                self._unanswered -= len(ready)
+                elapsed = time.perf_counter() - batch.started
+                for q, _, _ in ready:
+                    self._working.discard(q.entry.id)
+                    self.m.latency.observe(elapsed)
+                self.answered += len(ready)
         finally:
-            self._working.difference_update(q.entry.id for q in batch.queries)
-        elapsed = time.perf_counter() - batch.started
-        for _ in batch.queries:
-            self.m.latency.observe(elapsed)
-        self.answered += len(batch.queries)
+            for t in pending:  # only when writing failed: these stay pending for a claim
+                t.cancel()
+            unwritten = [q for q, _ in calls.values() if q.entry.id in self._working]
+            self._unanswered -= len(unwritten)
+            self._working.difference_update(q.entry.id for q in unwritten)
 
     # -- steps ---------------------------------------------------------------------------
     async def _dead(self, entry: Entry, stage: str, error: str) -> None:
@@ -325,12 +345,10 @@ class Router:
         self.m.failed.inc()
         return Answer(d.arm, None, False, "; ".join(errors)[-2000:], time.perf_counter() - t0)
 
-    async def _write_responses(
-        self, queries: list[Query], decisions: list[Decision], answers: list[Answer]
-    ) -> None:
+    async def _write_responses(self, ready: list[tuple[Query, Decision, Answer]]) -> None:
         now = time.time()
         async with self.r.pipeline(transaction=True) as pipe:
-            for q, d, a in zip(queries, decisions, answers, strict=True):
+            for q, d, a in ready:
                 arm = self.config.arms.arms[a.arm]
                 c = a.completion
                 label = (parse_label(c.text, q.labels) or "") if c else ""
