@@ -62,11 +62,20 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def prefix() -> str:
-    """A key prefix of its own for each test, so tests never see each other's streams."""
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of its own for each test, so tests never see each other's streams; its
+    keys are deleted afterwards, so a shared Redis is left as it was."""
     import uuid
 
-    return f"metallm-test:{uuid.uuid4().hex[:10]}:"
+    import redis
+
+    own = f"metallm-test:{uuid.uuid4().hex[:10]}:"
+    yield own
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=f"{own}*", count=1000))
+    for start in range(0, len(keys), 500):
+        r.delete(*keys[start : start + 500])
+    r.close()
 
 
 @pytest.fixture(scope="session")
