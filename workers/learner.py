@@ -184,9 +184,9 @@ class Learner:
                 batch.learn.append((k, record, correct))
         return batch
 
-    async def _apply(self, batch: _Joined) -> list[str]:
-        """Learn a joined batch, dead-letter its invalid entries and acknowledge them all;
-        returns the outcome each was counted under."""
+    async def _apply(self, batch: _Joined) -> None:
+        """Learn a joined batch, dead-letter its invalid entries, acknowledge them all and
+        count each one's outcome."""
         for n, (k, record, correct) in enumerate(batch.learn):
             if n and n % LEARN_CHUNK == 0:
                 await asyncio.sleep(0)  # let the read-ahead and the router's tasks run
@@ -201,10 +201,8 @@ class Learner:
                     self.m.dead_letters.labels("feedback").inc()
             pipe.xack(self.keys.feedback, LEARNERS_GROUP, *(e.id for e in batch.entries))
             await pipe.execute()
-        done = [o or "unknown" for o in batch.outcomes]
-        for o in done:
-            self._count(o)
-        return done
+        for o in batch.outcomes:
+            self._count(o or "unknown")
 
     def _learn(self, record: dict[str, str], correct: float) -> None:
         arm, cost = int(record["arm"]), float(record["cost"])

@@ -186,14 +186,6 @@ class Router:
                     if isinstance(result, Exception):
                         log.error("batch failed during shutdown: %s", result)
 
-    async def step(self) -> int:
-        """Read one batch and answer it completely; returns how many entries were handled."""
-        await self.maybe_reload()
-        entries = await self.read_batch()
-        if entries:
-            await self.process(entries)
-        return len(entries)
-
     async def read_batch(self, block: bool = True) -> list[Entry]:
         """Stale entries claimed first, then new ones; ``block=False`` does not wait for new
         entries."""
@@ -209,11 +201,6 @@ class Router:
             entries += await read_new(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
                                       s.batch_size - len(entries), s.block_ms if block else None)  # fmt: skip
         return entries
-
-    async def process(self, entries: list[Entry]) -> None:
-        started = await self.start(entries)
-        if started is not None:
-            await self.finish(await self.decide(started))
 
     async def start(self, entries: list[Entry]) -> Embedding | None:
         """Dead-letter what cannot be answered and start embedding the rest."""
