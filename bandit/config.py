@@ -53,7 +53,7 @@ class RoutingConfig:
     arms: ArmCatalogue
     policy: PolicyConfig
     embedder: EmbedderConfig
-    # The [service] table, kept as data: the stream workers validate it (workers/settings.py).
+    # The [service] table, kept as data: the stream workers validate it (workers/service/settings.py).
     service: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -39,9 +39,9 @@ import redis.asyncio as aioredis
 from bandit.config import builtin_config
 from bandit.datasets import resolve_data_dir
 from bandit.embedder import Embedder
-from workers.demo import free_port, redis_for_run
-from workers.service import Service
-from workers.settings import Keys, ServiceSettings
+from workers.harness.demo import free_port, redis_for_run
+from workers.service.app import Service
+from workers.service.settings import Keys, ServiceSettings
 
 
 class ReplaySubprocess:
@@ -184,7 +184,7 @@ async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: flo
 async def provider_phase(texts: list[str], data_dir: str | None) -> dict[str, float]:
     """The real openai client alone against the replay server: calls/s and CPU ms per call
     in this process (what every routed query costs the router besides embedding)."""
-    from workers.providers.openai import OpenAIProvider
+    from workers.service.providers.openai import OpenAIProvider
 
     replay = ReplaySubprocess(0.0, data_dir)
     provider = OpenAIProvider("Google", api_key="bench", base_url=f"{replay.url}/v1")
@@ -209,11 +209,11 @@ async def learner_phase(
     """The learner alone on n labels for decisions recorded as the router records them."""
     from prometheus_client import CollectorRegistry
 
-    from workers.learner import Learner
-    from workers.metrics import Metrics
-    from workers.service import fresh_policy
-    from workers.settings import LEARNERS_GROUP
-    from workers.streams import ensure_group
+    from workers.service.app import fresh_policy
+    from workers.service.learner import Learner
+    from workers.service.metrics import Metrics
+    from workers.service.settings import LEARNERS_GROUP
+    from workers.service.streams import ensure_group
 
     cfg = builtin_config("imdb")
     policy, baseline = fresh_policy(cfg), fresh_policy(cfg)

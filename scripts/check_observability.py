@@ -5,7 +5,7 @@ plus what a schema cannot see (mounted files exist, METALLM_* names are real set
 secret in the file); the Kubernetes manifests against the Kubernetes schemas
 (kubernetes-validate, --strict) plus cross-references (ConfigMaps, probes, ports, one
 learner); `promtool check config` and `promtool check rules`; the Grafana dashboard's
-datasource and the metric names of every rule and panel against workers/metrics.py.
+datasource and the metric names of every rule and panel against workers/service/metrics.py.
 
 Live: a Redis 7 of its own, `metallm demo` with its router and learner metrics endpoints,
 faults injected (LLM errors, bad queries), a budget below its spend and an accuracy floor
@@ -84,7 +84,7 @@ def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
 def metric_names() -> set[str]:
     from prometheus_client import CollectorRegistry
 
-    from workers.metrics import Metrics
+    from workers.service.metrics import Metrics
 
     names = set()
     for metric in Metrics(CollectorRegistry()).registry.collect():
@@ -100,12 +100,12 @@ def metric_names() -> set[str]:
 def check_metric_names(rep: Report, where: str, exprs: list[str], known: set[str]) -> None:
     used = {m for e in exprs for m in re.findall(r"\bmetallm_[a-z_]+", e)}
     unknown = sorted(used - known)
-    rep.check(not unknown, f"{where}: every metric name used ({len(used)}) is exported by workers/metrics.py",
+    rep.check(not unknown, f"{where}: every metric name used ({len(used)}) is exported by workers/service/metrics.py",
               f"unknown {unknown}")  # fmt: skip
 
 
 def settings_names() -> set[str]:
-    from workers.settings import ServiceSettings
+    from workers.service.settings import ServiceSettings
 
     return {f"METALLM_{f.name.upper()}" for f in fields(ServiceSettings)}
 
@@ -123,7 +123,7 @@ def check_env_names(rep: Report, where: str, env: dict[str, Any]) -> None:
 
 def check_compose(rep: Report) -> None:
     from bandit.config import load_config
-    from workers.settings import ServiceSettings
+    from workers.service.settings import ServiceSettings
 
     path = DEPLOY / "compose.yaml"
     res = run(
@@ -241,7 +241,7 @@ def dig(doc: Any, dotted: str) -> Any:
 def check_k8s(rep: Report) -> None:
     import kubernetes_validate
 
-    from workers.health import PATHS
+    from workers.service.health import PATHS
 
     docs = list(k8s_docs())
     by_kind: dict[tuple[str, str], dict[str, Any]] = {}
@@ -500,7 +500,7 @@ def prometheus_config(tmp: Path, metrics_port: int, prom_port: int) -> Path:
 
 
 def check_live(rep: Report, args: argparse.Namespace) -> None:
-    from workers.demo import free_port
+    from workers.harness.demo import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="metallm-observability-"))
     redis_port, prom_port = free_port(), free_port()

@@ -13,8 +13,8 @@ from bandit.config import RoutingConfig, builtin_config
 from bandit.datasets import Dataset, load_dataset, resolve_data_dir
 from bandit.embedder import Embedder, EmbedderConfig
 from bandit.errors import DataNotFoundError
-from workers.demo import redis_for_run
-from workers.replay_server import ReplayBook, ReplayServer
+from workers.harness.demo import redis_for_run
+from workers.harness.replay_server import ReplayBook, ReplayServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bandit.datasets import load_dataset
-from workers.answers import parse_label
+from workers.service.answers import parse_label
 
 
 @pytest.mark.parametrize(

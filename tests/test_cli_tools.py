@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from workers.cli import main
-from workers.demo import free_port
-from workers.settings import Keys
+from workers.harness.demo import free_port
+from workers.service.settings import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,8 +102,8 @@ def test_metrics_endpoint_serves_prometheus_text(
     import asyncio
 
     from bandit.config import builtin_config
-    from workers.service import Service
-    from workers.settings import ServiceSettings
+    from workers.service.app import Service
+    from workers.service.settings import ServiceSettings
 
     port = free_port()
     svc = Service(ServiceSettings(redis_url=redis_url, prefix=prefix, metrics_port=port), builtin_config("overruling"),
@@ -112,7 +112,7 @@ def test_metrics_endpoint_serves_prometheus_text(
     async def run() -> str:
         await svc.start()
         assert svc.learner is not None
-        from workers.streams import ensure_group
+        from workers.service.streams import ensure_group
 
         await ensure_group(svc.redis, Keys(prefix).feedback, "learners")
         await svc.learner.step()
@@ -129,7 +129,7 @@ def test_metrics_endpoint_serves_prometheus_text(
 
 
 def test_xautoclaim_reply_shapes_of_redis_6_2_and_7() -> None:
-    from workers.streams import parse_autoclaim
+    from workers.service.streams import parse_autoclaim
 
     v62 = [b"0-0", [[b"1-0", [b"id", b"q1"]], [b"2-0", None]]]
     v7 = [b"0-0", [(b"1-0", {b"id": b"q1"})], [b"2-0"]]  # as redis-py's parser gives it

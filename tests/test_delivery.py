@@ -17,9 +17,9 @@ import redis
 
 from bandit.config import RoutingConfig
 from bandit.datasets import Dataset
-from workers.replay_server import Faults, ReplayBook, ReplayServer
-from workers.service import Service
-from workers.settings import Keys, ServiceSettings
+from workers.harness.replay_server import Faults, ReplayBook, ReplayServer
+from workers.service.app import Service
+from workers.service.settings import Keys, ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,13 +105,13 @@ def test_the_batch_read_ahead_is_learned_and_acknowledged_on_stop(
     from prometheus_client import CollectorRegistry
     from redis import asyncio as aioredis
 
-    import workers.learner
+    import workers.service.learner
     from bandit.config import builtin_config
-    from workers.learner import Learner
-    from workers.metrics import Metrics
-    from workers.service import fresh_policy
+    from workers.service.app import fresh_policy
+    from workers.service.learner import Learner
+    from workers.service.metrics import Metrics
 
-    monkeypatch.setattr(workers.learner, "FEEDBACK_BATCH", 4)
+    monkeypatch.setattr(workers.service.learner, "FEEDBACK_BATCH", 4)
     keys, r = Keys(prefix), redis.Redis.from_url(redis_url)
     policy = fresh_policy(builtin_config("overruling"))
     vectors = np.random.default_rng(0).normal(size=(7, policy.dim))

@@ -39,7 +39,7 @@ def test_a_renamed_metric_would_be_caught(check: ModuleType) -> None:
         rep, "x", ["rate(metallm_no_such_thing_total[5m])"], check.metric_names()
     )
     assert rep.failures == [
-        "x: every metric name used (1) is exported by workers/metrics.py: unknown ['metallm_no_such_thing_total']"
+        "x: every metric name used (1) is exported by workers/service/metrics.py: unknown ['metallm_no_such_thing_total']"
     ]
 
 

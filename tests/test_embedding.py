@@ -11,7 +11,7 @@ import pytest
 
 from bandit.embedder import Embedder, EmbedderConfig
 from bandit.errors import EmbedderError
-from workers.embedding import EmbedderProcess, EmbedderThread, router_embedder
+from workers.service.embedding import EmbedderProcess, EmbedderThread, router_embedder
 
 TEXTS = ["the court overruled the precedent", "a wonderful film", "a wonderful film"]
 

@@ -16,10 +16,10 @@ import redis
 
 from bandit.config import builtin_config
 from bandit.errors import ConfigError, MetalLMError
-from workers.demo import free_port
-from workers.health import HealthServer, HealthState
-from workers.service import Service
-from workers.settings import Keys, ServiceSettings
+from workers.harness.demo import free_port
+from workers.service.app import Service
+from workers.service.health import HealthServer, HealthState
+from workers.service.settings import Keys, ServiceSettings
 
 
 def get(url: str) -> tuple[int, str]:

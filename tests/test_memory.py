@@ -2,7 +2,7 @@
 
 import pytest
 
-from workers.memory import HeapTrimmer
+from workers.service.memory import HeapTrimmer
 
 
 def rss_mb() -> float:

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from bandit.datasets import Dataset
 from bandit.errors import ConfigError
-from workers.producer import ProducerOptions, produce
-from workers.settings import Keys
+from workers.harness.producer import ProducerOptions, produce
+from workers.service.settings import Keys
 
 
 def tiny_dataset(n: int = 20) -> Dataset:
@@ -135,7 +135,7 @@ def test_bad_producer_options_are_named(kw: dict[str, float], match: str) -> Non
     ],
 )
 def test_the_demo_never_prints_a_redis_password(url: str, shown: str) -> None:
-    from workers.demo import redacted
+    from workers.harness.demo import redacted
 
     assert redacted(url) == shown
 

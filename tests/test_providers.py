@@ -15,11 +15,11 @@ import pytest
 
 from bandit.config import RoutingConfig, builtin_config
 from bandit.datasets import Dataset, load_dataset
-from workers.demo import free_port
-from workers.providers.base import ProviderError
-from workers.providers.bedrock import BedrockProvider
-from workers.providers.openai import OpenAIProvider
-from workers.replay_server import Faults, ReplayBook, ReplayServer
+from workers.harness.demo import free_port
+from workers.harness.replay_server import Faults, ReplayBook, ReplayServer
+from workers.service.providers.base import ProviderError
+from workers.service.providers.bedrock import BedrockProvider
+from workers.service.providers.openai import OpenAIProvider
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 ROWS = (0, 7, 1400)
@@ -202,7 +202,7 @@ def test_the_openai_transport_is_chosen_by_the_environment(
     arc: tuple[Dataset, RoutingConfig], server: ReplayServer
 ) -> None:
     from bandit.errors import ConfigError
-    from workers.providers import build_providers
+    from workers.service.providers import build_providers
 
     _, cfg = arc
     env = {"METALLM_REPLAY_URL": server.url}

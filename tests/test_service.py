@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 
 from bandit.config import RoutingConfig
 from bandit.datasets import Dataset
-from workers.replay_server import Faults, ReplayBook, ReplayServer
-from workers.service import Service
-from workers.settings import Keys, ServiceSettings
+from workers.harness.replay_server import Faults, ReplayBook, ReplayServer
+from workers.service.app import Service
+from workers.service.settings import Keys, ServiceSettings
 
 
 def settings(redis_url: str, prefix: str, **kw: object) -> ServiceSettings:

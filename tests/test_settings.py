@@ -4,8 +4,8 @@ import pytest
 
 from bandit.errors import ConfigError
 from workers.cli import main
-from workers.retry import compute_backoff
-from workers.settings import ServiceSettings
+from workers.service.retry import compute_backoff
+from workers.service.settings import ServiceSettings
 
 
 def test_file_then_env_then_options() -> None:

@@ -1,1 +1,2 @@
-"""metallm's processes and I/O: the CLI, reports and plots (and, later, the stream workers)."""
+"""metallm's processes and I/O: ``service`` (the live workers), ``harness`` (demo, producer,
+replay server, reports) and ``cli`` (the ``metallm`` command line)."""

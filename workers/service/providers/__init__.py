@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 from bandit.arms import ArmCatalogue
 from bandit.errors import ConfigError
-from workers.providers.base import Completion, Provider, ProviderError
-from workers.providers.bedrock import BedrockProvider
-from workers.providers.openai import TRANSPORTS, OpenAIProvider
+from workers.service.providers.base import Completion, Provider, ProviderError
+from workers.service.providers.bedrock import BedrockProvider
+from workers.service.providers.openai import TRANSPORTS, OpenAIProvider
 
 REPLAY_URL_ENV = "METALLM_REPLAY_URL"
 TRANSPORT_ENV = "METALLM_OPENAI_TRANSPORT"

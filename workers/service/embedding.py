@@ -7,7 +7,7 @@ child process, so the event loop keeps its interpreter to itself; texts go in an
 come back through a pipe (about 200 KB for 128 queries). ``EmbedderThread`` is the same
 interface in-process (``embedder_process = false``), for small machines and tests.
 
-The child hands its freed heap back to the OS every few seconds (see ``workers.memory``),
+The child hands its freed heap back to the OS every few seconds (see ``workers.service.memory``),
 as the router does for its own process; both load the model in ``start`` so that a router is not ready
 before it can embed.
 """
@@ -30,7 +30,7 @@ import numpy as np
 
 from bandit.embedder import Embedder, EmbedderConfig
 from bandit.errors import EmbedderError
-from workers.memory import HeapTrimmer
+from workers.service.memory import HeapTrimmer
 
 log = logging.getLogger(__name__)
 PARENT_CHECK_S = 1.0  # how often the child checks that the router is still alive

@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 
 from bandit.policy import Policy
 from bandit.reward import is_correct
-from workers.metrics import Metrics
-from workers.settings import LEARNERS_GROUP, Keys, ServiceSettings
-from workers.streams import Entry, claim_stale, ensure_group, group_backlog, read_new
+from workers.service.metrics import Metrics
+from workers.service.settings import LEARNERS_GROUP, Keys, ServiceSettings
+from workers.service.streams import Entry, claim_stale, ensure_group, group_backlog, read_new
 
 log = logging.getLogger(__name__)
 EXPIRY_BATCH = 500

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from bandit.datasets import Dataset
 from bandit.errors import ConfigError
-from workers.settings import Keys
+from workers.service.settings import Keys
 
 log = logging.getLogger(__name__)
 FOLLOW_BLOCK_MS = 100

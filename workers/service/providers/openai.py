@@ -19,7 +19,7 @@ from __future__ import annotations
 import openai
 from openai.types.chat import ChatCompletion
 
-from workers.providers.base import (
+from workers.service.providers.base import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TIMEOUT_S,
     Completion,

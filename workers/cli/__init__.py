@@ -23,7 +23,7 @@ from bandit.datasets import DATA_DIR_ENV, LOADERS, Dataset, load_dataset, make_s
 from bandit.embedder import CACHE_DIR_ENV, Embedder, default_cache_dir
 from bandit.errors import MetalLMError
 from bandit.policy import VW_EXPLORERS
-from workers.settings import DEFAULT_BATCH_SIZE
+from workers.service.settings import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger("metallm")
 
@@ -330,7 +330,7 @@ def _add_service_commands(sub: Any) -> None:
 
 
 def _settings(args: argparse.Namespace, cfg: RoutingConfig | None = None) -> Any:
-    from workers.settings import ServiceSettings
+    from workers.service.settings import ServiceSettings
 
     return ServiceSettings.from_env(
         file=cfg.service if cfg else None,
@@ -347,7 +347,7 @@ def _settings(args: argparse.Namespace, cfg: RoutingConfig | None = None) -> Any
 def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    from workers.service import Service, run_service
+    from workers.service.app import Service, run_service
 
     cfg = _routing_config(args)
     roles = {"route": ("router",), "learn": ("learner",), "serve": ("router", "learner")}[
@@ -358,8 +358,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workers.demo import DemoOptions, print_demo_report, run_demo, write_demo_json
-    from workers.settings import ServiceSettings
+    from workers.harness.demo import DemoOptions, print_demo_report, run_demo, write_demo_json
+    from workers.service.settings import ServiceSettings
 
     cfg = _config(args)
     cfg = dataclasses.replace(cfg, policy=cfg.policy.replace(p=args.p))
@@ -381,8 +381,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     import redis.asyncio as aioredis
 
-    from workers.producer import ProducerOptions, produce
-    from workers.settings import Keys
+    from workers.harness.producer import ProducerOptions, produce
+    from workers.service.settings import Keys
 
     s = _settings(args)
     opts = ProducerOptions(args.rate, args.label_delay_s, args.rounds, args.bad_queries)
@@ -437,7 +437,7 @@ def _flat(obj: dict[str, Any]) -> dict[Any, Any]:
 def cmd_submit(args: argparse.Namespace) -> int:
     import redis
 
-    from workers.settings import Keys
+    from workers.service.settings import Keys
 
     s = _settings(args)
     items = _jsonl(args.file)
@@ -456,7 +456,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_feedback(args: argparse.Namespace) -> int:
     import redis
 
-    from workers.settings import Keys
+    from workers.service.settings import Keys
 
     s = _settings(args)
     if args.file:
@@ -477,7 +477,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     import redis
 
-    from workers.settings import Keys
+    from workers.service.settings import Keys
 
     s = _settings(args)
     r = redis.Redis.from_url(s.redis_url, decode_responses=True)
@@ -530,7 +530,7 @@ def _embed(ds: Dataset, cfg: RoutingConfig) -> np.ndarray:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bandit.evaluation import evaluate
-    from workers.report import print_report, write_json, write_plot
+    from workers.harness.report import print_report, write_json, write_plot
 
     cfg = _config(args)
     ds = _dataset(args)
@@ -597,7 +597,7 @@ def _print_cross_validation(ex: Any, cfg: RoutingConfig, budget_arm: str) -> int
 def cmd_replay_llm(args: argparse.Namespace) -> int:
     import signal
 
-    from workers.replay_server import Faults, ReplayBook, ReplayServer
+    from workers.harness.replay_server import Faults, ReplayBook, ReplayServer
 
     cfg = _routing_config(args)
     faults = Faults(args.latency_ms, args.latency_sd_ms, args.error_rate, args.seed)
@@ -644,5 +644,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

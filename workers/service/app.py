@@ -21,13 +21,13 @@ from bandit.config import RoutingConfig
 from bandit.embedder import EMBEDDING_DIM
 from bandit.policy import Policy
 from bandit.training import TrainingData, train_full_information
-from workers.embedding import router_embedder
-from workers.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
-from workers.learner import Learner, newest_snapshot
-from workers.metrics import Metrics
-from workers.providers import build_providers
-from workers.router import Router
-from workers.settings import Keys, ServiceSettings
+from workers.service.embedding import router_embedder
+from workers.service.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
+from workers.service.learner import Learner, newest_snapshot
+from workers.service.metrics import Metrics
+from workers.service.providers import build_providers
+from workers.service.router import Router
+from workers.service.settings import Keys, ServiceSettings
 
 log = logging.getLogger(__name__)
 ROLES = ("router", "learner")

@@ -23,14 +23,21 @@ import redis.asyncio as aioredis
 
 from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
-from workers.answers import parse_label
-from workers.embedding import RouterEmbedder
-from workers.memory import HeapTrimmer
-from workers.metrics import Metrics
-from workers.providers import Completion, Provider, ProviderError
-from workers.retry import RetryPolicy
-from workers.settings import ROUTERS_GROUP, Keys, ServiceSettings
-from workers.streams import Entry, claim_stale, dead_letter, ensure_group, group_backlog, read_new
+from workers.service.answers import parse_label
+from workers.service.embedding import RouterEmbedder
+from workers.service.memory import HeapTrimmer
+from workers.service.metrics import Metrics
+from workers.service.providers import Completion, Provider, ProviderError
+from workers.service.retry import RetryPolicy
+from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
+from workers.service.streams import (
+    Entry,
+    claim_stale,
+    dead_letter,
+    ensure_group,
+    group_backlog,
+    read_new,
+)
 
 log = logging.getLogger(__name__)
 DECISION_GRACE_S = 600  # decision records outlive the reward wait by this much

@@ -9,7 +9,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from workers.providers.base import (
+from workers.service.providers.base import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TIMEOUT_S,
     Completion,

@@ -31,11 +31,11 @@ from bandit.config import RoutingConfig
 from bandit.datasets import Dataset, make_split
 from bandit.embedder import Embedder
 from bandit.errors import MetalLMError
-from workers.learner import Learner
-from workers.producer import ProducerOptions, ProducerStats, produce
-from workers.replay_server import Faults, ReplayBook, ReplayServer
-from workers.service import Service, install_signal_handlers, warm_started_policy
-from workers.settings import Keys, ServiceSettings
+from workers.harness.producer import ProducerOptions, ProducerStats, produce
+from workers.harness.replay_server import Faults, ReplayBook, ReplayServer
+from workers.service.app import Service, install_signal_handlers, warm_started_policy
+from workers.service.learner import Learner
+from workers.service.settings import Keys, ServiceSettings
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 2.0
