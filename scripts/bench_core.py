@@ -39,7 +39,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--data-dir")
+    ap.add_argument(
+        "--data-dir",
+        default=os.environ.get("METALLM_DATA_DIR"),
+        help="recorded data sets (default: $METALLM_DATA_DIR, else ../shared/data)",
+    )
     ap.add_argument("--sentences", type=int, default=512)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -298,7 +298,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--data-dir")
+    ap.add_argument(
+        "--data-dir",
+        default=os.environ.get("METALLM_DATA_DIR"),
+        help="recorded data sets (default: $METALLM_DATA_DIR, else ../shared/data)",
+    )
     ap.add_argument(
         "--queries", type=int, default=2000, help="queries per serve phase (0: skip those phases)"
     )

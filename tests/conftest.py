@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bandit.config import RoutingConfig, builtin_config
-from bandit.datasets import Dataset, load_dataset, resolve_data_dir
+from bandit.datasets import DATA_DIR_ENV, Dataset, load_dataset, resolve_data_dir
 from bandit.embedder import Embedder, EmbedderConfig
 from bandit.errors import DataNotFoundError
 from workers.harness.demo import redis_for_run
@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     try:
-        return resolve_data_dir()
+        return resolve_data_dir(os.environ.get(DATA_DIR_ENV))
     except DataNotFoundError as exc:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI needs the recorded data sets: {exc}")

@@ -80,15 +80,12 @@ class Dataset:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding the recorded data sets.
-
-    Looked up in this order: the ``data_dir`` argument, ``$METALLM_DATA_DIR``,
-    ``../shared/data`` from the working directory, ``../shared/data`` beside this checkout.
+    """The folder holding the recorded data sets: ``data_dir`` when given (the caller reads
+    ``$METALLM_DATA_DIR`` at its edge), else ``../shared/data`` from the working directory or
+    beside this checkout.
     """
-    if data_dir is not None:
+    if data_dir:
         candidates = [Path(data_dir)]
-    elif os.environ.get(DATA_DIR_ENV):
-        candidates = [Path(os.environ[DATA_DIR_ENV])]
     else:
         candidates = [
             Path.cwd().parent / "shared" / "data",

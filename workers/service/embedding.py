@@ -152,7 +152,6 @@ _child: tuple[Embedder, HeapTrimmer] | None = None
 def _child_init(config: EmbedderConfig, threads: int, parent_pid: int) -> None:
     global _child
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _child = (Embedder(config, threads), HeapTrimmer())
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from bandit.errors import ConfigError
 
@@ -104,13 +103,13 @@ class ServiceSettings:
     @classmethod
     def from_env(
         cls,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str],
         file: Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> ServiceSettings:
-        """The config file's [service] table, then METALLM_<FIELD> environment variables
-        (REDIS_URL too), then ``overrides`` (command-line options); later ones win."""
-        env = dict(os.environ if env is None else env)
+        """The config file's [service] table, then METALLM_<FIELD> variables of ``env``
+        (and REDIS_URL), then ``overrides`` (command-line options, None = not given); later
+        ones win. ``env`` is read by the caller at the edge (``main``), never here."""
         allowed = {f.name for f in fields(cls)}
         unknown = set(file or {}) - allowed
         if unknown:
@@ -120,25 +119,16 @@ class ServiceSettings:
         values: dict[str, Any] = dict(file or {})
         if env.get("REDIS_URL"):
             values["redis_url"] = env["REDIS_URL"]
-        for f in fields(cls):
-            raw = env.get(f"METALLM_{f.name.upper()}")
+        for name, parse in _PARSERS.items():
+            raw = env.get(f"METALLM_{name.upper()}")
             if raw is None or raw == "":
                 continue
             try:
-                if f.name == "default_reward":
-                    values[f.name] = float(raw)
-                elif f.type in ("bool",):
-                    values[f.name] = _boolean(raw)
-                elif f.type in ("int",):
-                    values[f.name] = int(raw)
-                elif f.type in ("float",):
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = raw
+                values[name] = parse(raw)
             except ValueError:
+                kind = "bool (use true or false)" if parse is _boolean else parse.__name__
                 raise ConfigError(
-                    f"METALLM_{f.name.upper()} = {raw!r} is not a valid {f.type}"
-                    + (" (use true or false)" if f.type == "bool" else "")
+                    f"METALLM_{name.upper()} = {raw!r} is not a valid {kind}"
                 ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -151,6 +141,19 @@ def _boolean(raw: str) -> bool:
     if word in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
+
+
+def _parser(annotation: Any) -> Callable[[str], Any]:
+    """How an environment variable's text becomes a field of this type (``float | None``
+    parses as float: an empty variable is the same as an unset one)."""
+    kinds = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    kind = kinds[0]
+    return _boolean if kind is bool else kind
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    name: _parser(hint) for name, hint in get_type_hints(ServiceSettings).items()
+}
 
 
 @dataclass(frozen=True)
@@ -187,10 +190,6 @@ class Keys:
     def model_published(self) -> str:
         """When the learner published the snapshot in ``model_bytes`` (unix time)."""
         return f"{self.prefix}model:published_at"
-
-    @property
-    def model_channel(self) -> str:
-        return f"{self.prefix}model:updates"
 
     @property
     def awaiting(self) -> str:
