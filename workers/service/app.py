@@ -54,7 +54,9 @@ class Service:
     config: RoutingConfig
     roles: tuple[str, ...] = ROLES
     initial_policy: Policy | None = None
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    # The provider settings of the environment (OPENAI_*, AWS_*, METALLM_REPLAY_URL, …),
+    # read by the caller at its edge.
+    env: Mapping[str, str] = field(default_factory=dict)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     router: Router | None = None
     learner: Learner | None = None
@@ -134,8 +136,7 @@ class Service:
 
     async def close(self) -> None:
         if self.router:
-            for p in self.router.providers.values():
-                await p.close()
+            await self.router.dispatcher.close()
             await self.router.embedder.close()
         if self.http:
             self.http.stop()

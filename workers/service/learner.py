@@ -263,7 +263,6 @@ class Learner:
             pipe.set(self.keys.model_bytes, data)
             pipe.set(self.keys.model_version, version)
             pipe.set(self.keys.model_published, repr(now))
-            pipe.publish(self.keys.model_channel, version)
             await pipe.execute()
         if self.settings.model_dir:
             save_snapshot(Path(self.settings.model_dir), data)

@@ -83,7 +83,7 @@ class Metrics:
         self.pending = Gauge("metallm_stream_pending", "Entries delivered, not acknowledged",
                              ["stream"], registry=r)  # fmt: skip
         self.feedback = Counter("metallm_feedback_total", "Feedback by outcome (joined, unknown, "
-                                "duplicate, expired, defaulted, invalid)", ["outcome"], registry=r)  # fmt: skip
+                                "duplicate, not_learnable, expired, defaulted, invalid)", ["outcome"], registry=r)  # fmt: skip
         self.reward = RewardMetric(r)
         self.correct = Counter("metallm_correct_total", "Labelled answers that were right, by arm",
                                ["arm"], registry=r)  # fmt: skip

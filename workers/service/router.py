@@ -24,10 +24,11 @@ import redis.asyncio as aioredis
 from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
 from workers.service.answers import parse_label
+from workers.service.dispatch import Answer, Dispatcher
 from workers.service.embedding import RouterEmbedder
 from workers.service.memory import HeapTrimmer
 from workers.service.metrics import Metrics
-from workers.service.providers import Completion, Provider, ProviderError
+from workers.service.providers import Provider
 from workers.service.retry import RetryPolicy
 from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
@@ -70,15 +71,6 @@ class Batch:
     queries: list[Query]
     decisions: list[Decision]
     started: float  # perf_counter when it was read
-
-
-@dataclass
-class Answer:
-    arm: int
-    completion: Completion | None
-    fell_back: bool
-    error: str
-    latency_s: float
 
 
 def parse_query(entry: Entry, config: RoutingConfig) -> Query:
@@ -124,17 +116,13 @@ class Router:
         metrics: Metrics,
     ) -> None:
         self.settings, self.config, self.policy = settings, config, policy
-        self.embedder, self.providers, self.r, self.m = embedder, providers, redis, metrics
+        self.embedder, self.r, self.m = embedder, redis, metrics
         self.keys = Keys(settings.prefix)
         self.consumer = settings.consumer or f"router-{random.getrandbits(32):08x}"
-        self.retry = RetryPolicy(
-            settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s
-        )
-        self._in_flight = asyncio.Semaphore(settings.max_in_flight)
-        self._per_provider = {
-            name: asyncio.Semaphore(settings.provider_concurrency) for name in providers
-        }
-        self._rng = random.Random(policy.config.seed)
+        retry = RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
+        self.dispatcher = Dispatcher(config.arms, providers, retry, metrics,
+                                     max_in_flight=settings.max_in_flight,
+                                     provider_concurrency=settings.provider_concurrency)  # fmt: skip
         self._last_reload_check = 0.0
         self._last_claim = 0.0
         self.answered = 0
@@ -142,6 +130,9 @@ class Router:
         # entries once idle, and those must not be answered twice.
         self._working: set[str] = set()
         self._unanswered = 0  # queries decided whose responses are not written yet (finish)
+        self._answered = asyncio.Event()  # set each time responses are written
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None  # a finish task's, re-raised by run
         self._embedder_free_at = 0.0  # perf_counter when the embedder last finished a batch
         self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
         m = metrics
@@ -150,14 +141,15 @@ class Router:
     # -- the loop ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Keep one batch embedding ahead: while the embedder works on batch k+1, batch k is
-        decided and recorded, and earlier batches' LLM calls are out. On stop, finish every
-        batch read (embedding or in flight) before returning (warm stop)."""
+        decided and recorded, and earlier batches' LLM calls are out. Read on while fewer
+        than ``max_in_flight`` queries are decided and unanswered, however small the batches.
+        On stop, finish every batch read (embedding or in flight) before returning."""
         await ensure_group(self.r, self.keys.queries, ROUTERS_GROUP)
         log.info("router %s reading %s", self.consumer, self.keys.queries)
         embedding: deque[Embedding] = deque()
-        in_flight: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
+                self._raise_failure()
                 await self.maybe_reload()
                 # While a batch embeds, only take what is there already, so that a quiet
                 # stream does not hold it back.
@@ -166,32 +158,39 @@ class Router:
                 if started is not None:
                     embedding.append(started)
                 if len(embedding) > (1 if entries else 0):
-                    batch = await self.decide(embedding.popleft())
-                    in_flight.add(asyncio.create_task(self.finish(batch)))
-                # Read on while fewer than max_in_flight queries are decided and unanswered,
-                # so the calls out stay at max_in_flight however small the batches are.
-                while in_flight and (
-                    self._unanswered >= self.settings.max_in_flight or not entries
-                ):
-                    full = self._unanswered >= self.settings.max_in_flight
-                    done, in_flight = await asyncio.wait(
-                        in_flight, timeout=0.005 if full else 0.001, return_when=asyncio.FIRST_COMPLETED
-                    )  # fmt: skip
-                    for t in done:
-                        t.result()
-                    if not done and not full:
-                        break
+                    self._finish_soon(await self.decide(embedding.popleft()))
+                await self._room()
         finally:
             while embedding:
                 try:
-                    batch = await self.decide(embedding.popleft())
-                    in_flight.add(asyncio.create_task(self.finish(batch)))
+                    self._finish_soon(await self.decide(embedding.popleft()))
                 except Exception as exc:  # left pending: another router claims it
                     log.error("batch failed during shutdown: %s", exc)
-            if in_flight:
-                for result in await asyncio.gather(*in_flight, return_exceptions=True):
-                    if isinstance(result, Exception):
-                        log.error("batch failed during shutdown: %s", result)
+            results = await asyncio.gather(*self._finishing, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("batch failed during shutdown: %s", result)
+
+    def _finish_soon(self, batch: Batch) -> None:
+        task = asyncio.create_task(self.finish(batch))
+        self._finishing.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+            self._answered.set()  # wake the loop so that it raises
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _room(self) -> None:
+        """Wait until fewer than ``max_in_flight`` queries are decided and unanswered."""
+        while self._unanswered >= self.settings.max_in_flight and self._failure is None:
+            self._answered.clear()
+            await self._answered.wait()
 
     async def read_batch(self, block: bool = True) -> list[Entry]:
         """Stale entries claimed first, then new ones; ``block=False`` does not wait for new
@@ -262,7 +261,7 @@ class Router:
         that a slow call does not hold back the rest of its batch."""
         t0 = time.perf_counter()
         calls = {
-            asyncio.create_task(self.answer(q, d)): (q, d)
+            asyncio.create_task(self.dispatcher.answer(q.text, d)): (q, d)
             for q, d in zip(batch.queries, batch.decisions, strict=True)
         }
         pending = set(calls)
@@ -274,6 +273,7 @@ class Router:
                 ready = [(*calls[t], t.result()) for t in done]
                 await self._write_responses(ready)
                 self._unanswered -= len(ready)
+                self._answered.set()
                 elapsed = time.perf_counter() - batch.started
                 for q, _, _ in ready:
                     self._working.discard(q.entry.id)
@@ -284,6 +284,7 @@ class Router:
                 t.cancel()
             unwritten = [q for q, _ in calls.values() if q.entry.id in self._working]
             self._unanswered -= len(unwritten)
+            self._answered.set()
             self._working.difference_update(q.entry.id for q in unwritten)
 
     # -- steps ---------------------------------------------------------------------------
@@ -309,35 +310,6 @@ class Router:
                 pipe.expire(key, ttl)
                 self.m.explored.labels("explored" if d.explored else "exploited").inc()
             await pipe.execute()
-
-    async def answer(self, q: Query, d: Decision) -> Answer:
-        """Call the chosen arm; on failure retry with backoff, then fall back down the
-        policy's order. Never raises: the Answer carries the error."""
-        t0 = time.perf_counter()
-        errors: list[str] = []
-        for rank, arm in enumerate(d.fallback_order()):
-            name = self.policy.arm_names[arm]
-            provider = self.providers[name]
-            prompt = self.config.arms.arms[arm].render(q.text)
-            for attempt in range(1, self.retry.max_attempts + 1):
-                try:
-                    async with self._in_flight, self._per_provider[name]:
-                        self.m.in_flight.inc()
-                        try:
-                            completion = await provider.complete(prompt)
-                        finally:
-                            self.m.in_flight.dec()
-                    if rank:
-                        self.m.fallbacks.labels(self.policy.arm_names[d.arm]).inc()
-                    return Answer(arm, completion, rank > 0, "", time.perf_counter() - t0)
-                except ProviderError as exc:
-                    self.m.provider_errors.labels(name, exc.kind).inc()
-                    errors.append(f"{name}: {exc}")
-                    if not exc.retryable or attempt == self.retry.max_attempts:
-                        break
-                    await asyncio.sleep(self.retry.delay(attempt, self._rng))
-        self.m.failed.inc()
-        return Answer(d.arm, None, False, "; ".join(errors)[-2000:], time.perf_counter() - t0)
 
     async def _write_responses(self, ready: list[tuple[Query, Decision, Answer]]) -> None:
         now = time.time()
