@@ -62,13 +62,17 @@ class Metrics:
                               ["arm"], registry=r)  # fmt: skip
         self.explored = Counter("metallm_decisions_total", "Decisions, explored or exploited",
                                 ["kind"], registry=r)  # fmt: skip
-        self.fallbacks = Counter("metallm_fallbacks_total", "Queries answered by a fallback arm",
+        self.fallbacks = Counter("metallm_fallbacks_total", "Queries answered by an arm drawn again after the first failed",
                                  ["from_arm"], registry=r)  # fmt: skip
         self.provider_errors = Counter("metallm_provider_errors_total", "Failed LLM calls",
                                        ["arm", "kind"], registry=r)  # fmt: skip
         self.failed = Counter(
             "metallm_queries_failed_total", "Queries every arm failed", registry=r
         )
+        self.arm_open = Gauge("metallm_arm_open", "1 while an arm's circuit breaker keeps it out "
+                              "of the decision", ["arm"], registry=r)  # fmt: skip
+        self.breaker_trips = Counter("metallm_breaker_trips_total", "Times an arm's circuit "
+                                     "breaker opened", ["arm"], registry=r)  # fmt: skip
         self.dead_letters = Counter("metallm_dead_letters_total", "Entries sent to the dead-letter stream",
                                     ["stage"], registry=r)  # fmt: skip
         self.latency = Histogram("metallm_query_latency_seconds", "Read to response written",
@@ -113,6 +117,8 @@ class Metrics:
             self.routed.labels(arm)
             self.spend.labels(arm)
             self.fallbacks.labels(arm)
+            self.arm_open.labels(arm).set(0)
+            self.breaker_trips.labels(arm)
             for kind in ERROR_KINDS:
                 self.provider_errors.labels(arm, kind)
         for kind in DECISION_KINDS:
@@ -121,6 +127,11 @@ class Metrics:
             self.dead_letters.labels(stage)
         for stage in STAGES:
             self.stage.labels(stage)
+
+    def breaker_changed(self, arm: str, is_open: bool) -> None:
+        self.arm_open.labels(arm).set(int(is_open))
+        if is_open:
+            self.breaker_trips.labels(arm).inc()
 
     def init_learner(self, arms: Sequence[str]) -> None:
         """Export the learner's labelled series at 0 for every arm and feedback outcome."""

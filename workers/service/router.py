@@ -24,7 +24,8 @@ import redis.asyncio as aioredis
 from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
 from workers.service.answers import parse_label
-from workers.service.dispatch import Answer, Dispatcher
+from workers.service.breaker import Breakers
+from workers.service.dispatch import Answer, Dispatcher, Redraw
 from workers.service.embedding import RouterEmbedder
 from workers.service.memory import HeapTrimmer
 from workers.service.metrics import Metrics
@@ -70,6 +71,7 @@ class Embedding:
 class Batch:
     queries: list[Query]
     decisions: list[Decision]
+    shared: list[str]  # each query's context as the policy saw it, for redraws
     started: float  # perf_counter when it was read
 
 
@@ -120,9 +122,12 @@ class Router:
         self.keys = Keys(settings.prefix)
         self.consumer = settings.consumer or f"router-{random.getrandbits(32):08x}"
         retry = RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
-        self.dispatcher = Dispatcher(config.arms, providers, retry, metrics,
+        breakers = Breakers(config.arms.names, settings.breaker_failures,
+                            settings.breaker_cooldown_s, on_change=metrics.breaker_changed)  # fmt: skip
+        self.dispatcher = Dispatcher(config.arms, providers, retry, metrics, breakers,
                                      max_in_flight=settings.max_in_flight,
-                                     provider_concurrency=settings.provider_concurrency)  # fmt: skip
+                                     provider_concurrency=settings.provider_concurrency,
+                                     no_arm_wait_s=settings.no_arm_wait_s)  # fmt: skip
         self._last_reload_check = 0.0
         self._last_claim = 0.0
         self.answered = 0
@@ -250,10 +255,18 @@ class Router:
         queries = started.queries
         with self.m.stage.labels("decide").time():
             shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
-            decisions = self.policy.decide_lines(shared)
+            healthy = self.dispatcher.breakers.available()
+            # With no arm healthy, decide over all: the dispatcher waits for one to be back.
+            decisions = self.policy.decide_lines(
+                shared, available=healthy if healthy.any() else None
+            )
         await self._store_decisions(queries, decisions, shared)
         self._unanswered += len(queries)
-        return Batch(queries, decisions, started.started)
+        return Batch(queries, decisions, shared, started.started)
+
+    def _redraw(self, shared: str) -> Redraw:
+        """A new decision for one query over the arms of a mask, after its arm failed."""
+        return lambda available: self.policy.decide_lines([shared], available=available)[0]
 
     async def finish(self, batch: Batch) -> None:
         """Call the arms; write each response and acknowledge its query as soon as its
@@ -261,8 +274,8 @@ class Router:
         that a slow call does not hold back the rest of its batch."""
         t0 = time.perf_counter()
         calls = {
-            asyncio.create_task(self.dispatcher.answer(q.text, d)): (q, d)
-            for q, d in zip(batch.queries, batch.decisions, strict=True)
+            asyncio.create_task(self.dispatcher.answer(q.text, d, self._redraw(line))): (q, d)
+            for q, d, line in zip(batch.queries, batch.decisions, batch.shared, strict=True)
         }
         pending = set(calls)
         try:
@@ -301,20 +314,27 @@ class Router:
         async with self.r.pipeline(transaction=False) as pipe:
             for q, d, line in zip(queries, decisions, shared, strict=True):
                 key = self.keys.decision(q.id)
-                pipe.hset(key, mapping={
-                    "shared": line, "arm": d.arm, "arm_name": self.policy.arm_names[d.arm],
-                    "prob": repr(d.prob), "pmf": json.dumps(d.pmf.tolist()),
-                    "cost": repr(float(self.policy.costs[d.arm])), "model_version": d.model_version,
-                    "p": repr(self.policy.config.p), "labels": json.dumps(q.labels), "decided_at": repr(time.time()),
-                })  # fmt: skip
+                pipe.hset(key, mapping={"shared": line, **self._drawn(d), "p": repr(self.policy.config.p),
+                                        "labels": json.dumps(q.labels), "decided_at": repr(time.time())})  # fmt: skip
                 pipe.expire(key, ttl)
                 self.m.explored.labels("explored" if d.explored else "exploited").inc()
             await pipe.execute()
 
+    def _drawn(self, d: Decision) -> dict[str, Any]:
+        """A decision record's fields that say what was drawn, and with what probability."""
+        return {"arm": d.arm, "arm_name": self.policy.arm_names[d.arm], "prob": repr(d.prob),
+                "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(self.policy.costs[d.arm])),
+                "model_version": d.model_version}  # fmt: skip
+
     async def _write_responses(self, ready: list[tuple[Query, Decision, Answer]]) -> None:
+        """Responses, the outcome into each decision record, and the acknowledgements, in
+        one transaction. An answer from a redraw replaces the record's arm, probability and
+        pmf with the redraw's: that is the draw the answering arm was chosen by, so its
+        answer is learned like any other."""
         now = time.time()
         async with self.r.pipeline(transaction=True) as pipe:
-            for q, d, a in ready:
+            for q, _, a in ready:
+                d = a.decision
                 arm = self.config.arms.arms[a.arm]
                 c = a.completion
                 label = (parse_label(c.text, q.labels) or "") if c else ""
@@ -330,8 +350,11 @@ class Router:
                     fields["meta"] = q.meta
                 pipe.xadd(self.keys.responses, fields)
                 key = self.keys.decision(q.id)
-                pipe.hset(key, mapping={"label": label, "answered_by": arm.name, "fallback": int(a.fell_back),
-                                        "failed": int(c is None), "cost_usd": repr(cost)})  # fmt: skip
+                outcome: dict[Any, Any] = {"label": label, "answered_by": arm.name, "failed": int(c is None),
+                                           "cost_usd": repr(cost)}  # fmt: skip
+                if a.fell_back:
+                    outcome.update(self._drawn(d), redrawn=1)
+                pipe.hset(key, mapping=outcome)
                 pipe.zadd(self.keys.awaiting, {q.id: now + self.settings.reward_wait_s})
                 pipe.xack(self.keys.queries, ROUTERS_GROUP, q.entry.id)
                 if c is not None:

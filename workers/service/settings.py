@@ -26,6 +26,11 @@ DEFAULT_REWARD_WAIT_S = 3600
 DEFAULT_SNAPSHOT_EVERY_UPDATES = 100
 DEFAULT_SNAPSHOT_EVERY_S = 10.0
 DEFAULT_RELOAD_CHECK_S = 1.0
+DEFAULT_BREAKER_FAILURES = 5  # failed calls in a row (3 attempts per arm: two queries' worth)
+DEFAULT_BREAKER_COOLDOWN_S = 10.0
+# How long a query waits for a healthy arm before its error response: long enough to ride
+# out a provider's brief outage, well below a client's usual timeout.
+DEFAULT_NO_ARM_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,10 @@ class ServiceSettings:
     ``embedder_process``: run the router's embedder in a child process (the default; the
     event loop then has the GIL to itself) or, when false, in a thread of the router;
     ``embedder_threads``: the model's threads per batch (0 = one per core).
+
+    ``breaker_failures`` failed calls in a row take an arm out of the decision for
+    ``breaker_cooldown_s``; a query with no healthy arm left waits up to ``no_arm_wait_s``
+    for one before its error response (workers/service/breaker.py, dispatch.py).
 
     ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
     exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
@@ -48,6 +57,9 @@ class ServiceSettings:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     provider_concurrency: int = DEFAULT_PROVIDER_CONCURRENCY
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    breaker_failures: int = DEFAULT_BREAKER_FAILURES
+    breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S
+    no_arm_wait_s: float = DEFAULT_NO_ARM_WAIT_S
     backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
     backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
@@ -66,7 +78,7 @@ class ServiceSettings:
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
-                    "max_deliveries", "claim_idle_ms", "snapshot_every_updates")  # fmt: skip
+                    "max_deliveries", "claim_idle_ms", "snapshot_every_updates", "breaker_failures")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be ≥ 1")
@@ -76,9 +88,12 @@ class ServiceSettings:
             "reward_wait_s",
             "snapshot_every_s",
             "reload_check_s",
+            "breaker_cooldown_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be > 0 seconds")
+        if not (math.isfinite(self.no_arm_wait_s) and self.no_arm_wait_s >= 0):
+            raise ConfigError(f"no_arm_wait_s = {self.no_arm_wait_s} must be ≥ 0 seconds")
         if self.default_reward is not None and not 0 <= self.default_reward <= 1:
             raise ConfigError(f"default_reward = {self.default_reward} must be in [0, 1] or unset")
         if not self.prefix:
