@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bandit.errors import ConfigError
+from bandit.reward import reward
 
 # p from 0 to 1,000 in log steps: large enough that the cheapest arm wins every query
 # (costs are normalised to ≤ 1 and predicted correctness differs by ≤ 1).
@@ -31,11 +32,11 @@ class SweepPoint:
 
 
 def choose(scores: np.ndarray, costs: np.ndarray, p: float) -> np.ndarray:
-    """Arm index per query, shape (n,): argmax_j scores_ij − p·costs_(i)j.
+    """Arm index per query, shape (n,): argmax_j of the reward scores_ij − p·costs_(i)j.
 
     scores: shape (n, n_arms), predicted correctness; costs: shape (n_arms,) or (n, n_arms).
     """
-    return np.argmax(scores - p * costs, axis=1)
+    return np.argmax(reward(scores, costs, p), axis=1)
 
 
 def outcome(correct: np.ndarray, cost_usd: np.ndarray, arms: np.ndarray) -> tuple[float, float]:

@@ -10,27 +10,25 @@ Two reward modes (compared in ``metallm evaluate``):
   come before exploring, so ε-greedy is applied here (bandit.exploration), with VW's formula.
 
 Either way the policy learns from (features, arm, cost, probability), importance-weighted
-by the logged probability (cb_type ``mtr`` by default).
+by the logged probability (cb_type ``mtr`` by default). Both modes score arms with
+``bandit.reward.reward``; the VW calls themselves live in ``bandit.vw``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-import pylibvw
 
 from bandit import exploration
 from bandit.errors import ConfigError, PolicyError
 from bandit.features import FeatureBuilder
-from bandit.reward import check_p
+from bandit.reward import check_p, reward
+from bandit.snapshot import Snapshot
+from bandit.vw import VWModel
 
 MODES = ("paper", "decoupled")
 LOSSES = ("logistic", "squared")
@@ -40,7 +38,6 @@ CB_TYPES = ("mtr", "ips", "dr", "dm")
 VW_EXPLORERS = ("epsilon", "softmax", "bag", "cover", "squarecb")
 DECOUPLED_EXPLORERS = ("epsilon", "softmax")
 COST_MODES = ("fixed", "dynamic")
-SNAPSHOT_MAGIC = b"METALLM-POLICY/1\n"
 DEFAULT_EPSILON = 0.05  # VW's own default
 DEFAULT_LEARNING_RATE = 0.5  # VW's own default
 
@@ -188,6 +185,11 @@ class Policy:
     """A VW workspace plus what it needs to decide: arm names, costs and the feature builder.
 
     costs: shape (n_arms,), each arm's fixed normalised cost (the dearest is 1).
+    ``model``: the VW model bytes to start from (``Snapshot.model``), or None for a fresh
+    model; ``updates``: how many updates those weights have learned (the version).
+
+    Arms are sampled from a stream seeded with ``config.seed``, so offline runs repeat;
+    ``reseed`` gives a live policy (a router replica, a hot-reloaded snapshot) its own.
     """
 
     def __init__(
@@ -198,10 +200,8 @@ class Policy:
         dim: int,
         *,
         updates: int = 0,
-        _model_bytes: bytes | None = None,
+        model: bytes | None = None,
     ) -> None:
-        from vowpalwabbit import Workspace
-
         self.config = config
         self.arm_names = tuple(arm_names)
         self.costs = np.asarray(costs, dtype=np.float64)
@@ -212,16 +212,9 @@ class Policy:
         self.dim = dim
         self.features = FeatureBuilder(self.arm_names, dim, word_features=config.word_features)
         self.updates = updates
+        self._sampling_seed = config.seed
         self._rng = np.random.default_rng(config.seed)
-        args = config.vw_args()
-        if _model_bytes is None:
-            self._vw = Workspace(args, enable_logging=False)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "model.vw")
-                with open(path, "wb") as f:
-                    f.write(_model_bytes)
-                self._vw = Workspace(f"{args} -i {path}", enable_logging=False)
+        self._vw = VWModel(config.vw_args(), model)
 
     @property
     def n_arms(self) -> int:
@@ -232,30 +225,26 @@ class Policy:
         """The model's version: the number of updates it has learned (monotonic)."""
         return self.updates
 
-    # -- VW calls --------------------------------------------------------------------------
-    # pyvw's learn/predict wrap every parsed line in a Python Example object; calling the
-    # binding (pylibvw) on the parsed examples directly does the same work in C++ and is
-    # 1.5× (learn) to 2.5× (predict) faster (tests/test_policy.py checks they agree).
-    def _vw_learn(self, lines: list[str]) -> None:
-        examples = self._vw._parse("\n".join(lines))
-        try:
-            pylibvw.vw.learn_multi(self._vw, examples)
-        finally:
-            pylibvw.vw._finish_example_multi_ex(self._vw, examples)
+    @property
+    def sampling_seed(self) -> int:
+        """The seed of the stream arms are sampled from (``config.seed`` until ``reseed``)."""
+        return self._sampling_seed
 
-    def _vw_predict(self, lines: list[str]) -> list[float]:
-        examples = self._vw._parse("\n".join(lines))
-        try:
-            pylibvw.vw.predict_multi(self._vw, examples)
-            scores: list[float] = examples[0].get_action_scores()
-        finally:
-            pylibvw.vw._finish_example_multi_ex(self._vw, examples)
-        return scores
+    def reseed(self, seed: int) -> None:
+        """Sample arms from a fresh stream seeded with ``seed`` (an int ≥ 0).
+
+        Every policy built from one config or snapshot starts from the same stream, so
+        router replicas and successive hot-reloaded snapshots would explore in lockstep;
+        a live router reseeds each policy it adopts (and logs the seed, to replay it)."""
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise PolicyError(f"sampling seed {seed!r} must be an integer ≥ 0")
+        self._sampling_seed = int(seed)
+        self._rng = np.random.default_rng(self._sampling_seed)
 
     # -- scoring -------------------------------------------------------------------------
     def raw_predict(self, shared: str) -> np.ndarray:
         """VW's prediction for one shared line: costs (decoupled) or the pmf (paper)."""
-        return np.asarray(self._vw_predict(self.features.predict_example(shared)), dtype=np.float64)
+        return np.asarray(self._vw.predict(self.features.predict_example(shared)), dtype=np.float64)
 
     def correctness(self, shared_lines: Sequence[str]) -> np.ndarray:
         """Decoupled mode: P̂(a_j = 1 | x) for each query and arm, shape (n, n_arms)."""
@@ -270,23 +259,19 @@ class Policy:
             return 1.0 / (1.0 + np.exp(np.clip(raw, -50, 50)))
         return -raw
 
-    def _decide_one(self, shared: str, p: float, epsilon: float, greedy_only: bool) -> Decision:
+    def _decide_one(self, scores: np.ndarray, greedy_only: bool) -> Decision:
+        """Explore and sample for one query; ``scores``: shape (n_arms,), a row of
+        ``decide_lines``' scores."""
         cfg = self.config
-        if cfg.mode == "decoupled":
-            scores = self.correctness([shared])[0] - p * self.costs
-            greedy = int(np.argmax(scores))
-            if greedy_only:
-                pmf = np.eye(self.n_arms)[greedy]
-            elif cfg.explorer == "softmax":
-                pmf = exploration.softmax(scores, cfg.explorer_param or 10.0)
-            else:
-                pmf = exploration.epsilon_greedy(scores, epsilon)
+        greedy = int(np.argmax(scores))
+        if greedy_only:
+            pmf = np.eye(self.n_arms)[greedy]
+        elif cfg.mode == "paper":
+            pmf = scores  # VW's explorer already turned its scores into the pmf
+        elif cfg.explorer == "softmax":
+            pmf = exploration.softmax(scores, cfg.explorer_param or 10.0)
         else:
-            pmf = self.raw_predict(shared)
-            scores = pmf
-            greedy = int(np.argmax(pmf))
-            if greedy_only:
-                pmf = np.eye(self.n_arms)[greedy]
+            pmf = exploration.epsilon_greedy(scores, cfg.epsilon)
         arm = exploration.sample(pmf, self._rng)
         return Decision(arm, float(pmf[arm]), pmf, scores, greedy, self.version)
 
@@ -311,13 +296,20 @@ class Policy:
                 "without retraining (use mode = 'decoupled' for per-request p)"
             )
         p_now = check_p(self.config.p if p is None else p)
-        return [self._decide_one(s, p_now, self.config.epsilon, greedy) for s in shared_lines]
+        if self.config.mode == "decoupled":
+            # one reward call per batch: scores shape (n, n_arms), P̂(correct) − p·c
+            scores = reward(self.correctness(shared_lines), self.costs, p_now)
+        else:
+            scores = np.array([self.raw_predict(s) for s in shared_lines]).reshape(
+                len(shared_lines), self.n_arms
+            )
+        return [self._decide_one(row, greedy) for row in scores]
 
     # -- learning ------------------------------------------------------------------------
     def vw_cost(self, correct: float, cost: float) -> float:
         """The cost VW is told for a reward a − p·c (paper) or a correctness a (decoupled)."""
         if self.config.mode == "paper":
-            return -(correct - self.config.p * cost)
+            return -reward(float(correct), float(cost), self.config.p)
         return -correct
 
     def learn_line(
@@ -337,11 +329,11 @@ class Policy:
             # Cross-entropy with a soft target a is a weighted pair of ±1 examples; VW takes
             # the weight as 1/prob, so the probability is divided by the weight.
             if correct > 0:
-                self._vw_learn(fb.learn_example(shared, arm, -1.0, prob / correct))
+                self._vw.learn(fb.learn_example(shared, arm, -1.0, prob / correct))
             if correct < 1:
-                self._vw_learn(fb.learn_example(shared, arm, 1.0, prob / (1.0 - correct)))
+                self._vw.learn(fb.learn_example(shared, arm, 1.0, prob / (1.0 - correct)))
         else:
-            self._vw_learn(fb.learn_example(shared, arm, self.vw_cost(correct, cost), prob))
+            self._vw.learn(fb.learn_example(shared, arm, self.vw_cost(correct, cost), prob))
         self.updates += 1
 
     def learn(
@@ -358,21 +350,14 @@ class Policy:
     # -- snapshots -----------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """The whole policy (config, arms, costs, version, VW weights) as bytes."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "model.vw")
-            self._vw.save(path)
-            with open(path, "rb") as f:
-                model = f.read()
-        header = json.dumps(
-            {
-                "config": asdict(self.config),
-                "arm_names": list(self.arm_names),
-                "costs": self.costs.tolist(),
-                "dim": self.dim,
-                "updates": self.updates,
-            }
-        ).encode()
-        return SNAPSHOT_MAGIC + struct.pack(">I", len(header)) + header + model
+        header = {
+            "config": asdict(self.config),
+            "arm_names": list(self.arm_names),
+            "costs": self.costs.tolist(),
+            "dim": self.dim,
+            "updates": self.updates,
+        }
+        return Snapshot(header, self._vw.to_bytes()).to_bytes()
 
     def with_config(self, config: PolicyConfig) -> Policy:
         """The same weights under another config (e.g. the online learning rate); the
@@ -383,32 +368,22 @@ class Policy:
             raise PolicyError(
                 "with_config cannot change mode, loss or word_features of a trained policy"
             )
-        data = self.to_bytes()
         return Policy(config, self.arm_names, self.costs, self.dim, updates=self.updates,
-                      _model_bytes=_model_part(data))  # fmt: skip
+                      model=self._vw.to_bytes())  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Policy:
-        if not data.startswith(SNAPSHOT_MAGIC):
-            raise PolicyError("not a metallm policy snapshot (bad magic bytes)")
-        offset = len(SNAPSHOT_MAGIC)
-        (size,) = struct.unpack(">I", data[offset : offset + 4])
-        try:
-            header = json.loads(data[offset + 4 : offset + 4 + size])
-        except ValueError as exc:
-            raise PolicyError(f"policy snapshot header is corrupt: {exc}") from exc
+        """The policy ``to_bytes`` wrote, sampling from ``config.seed`` (see ``reseed``)."""
+        snap = Snapshot.parse(data)
+        header = snap.header
+        missing = {"config", "arm_names", "costs", "dim", "updates"} - set(header)
+        if missing:
+            raise PolicyError(f"policy snapshot header lacks {sorted(missing)}")
         return cls(
             PolicyConfig.from_mapping(header["config"]),
             header["arm_names"],
             np.array(header["costs"]),
             header["dim"],
             updates=header["updates"],
-            _model_bytes=data[offset + 4 + size :],
+            model=snap.model,
         )
-
-
-def _model_part(data: bytes) -> bytes:
-    """The VW model bytes of a snapshot (what follows the header)."""
-    offset = len(SNAPSHOT_MAGIC)
-    (size,) = struct.unpack(">I", data[offset : offset + 4])
-    return data[offset + 4 + size :]

@@ -5,6 +5,7 @@ import pytest
 
 from bandit.errors import ConfigError, PolicyError
 from bandit.policy import Policy, PolicyConfig
+from bandit.snapshot import Snapshot
 from bandit.training import TrainingData, train_bandit, train_full_information
 
 DIM = 8
@@ -125,26 +126,61 @@ def test_other_vowpal_wabbit_explorers_give_a_pmf(explorer: str) -> None:
     assert d.pmf.sum() == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["decoupled", "paper"])
-def test_direct_vw_calls_match_pyvw(mode: str) -> None:
-    """The policy calls VW's binding on parsed examples (faster); the same updates through
-    pyvw's public learn/predict give the same predictions."""
-    loss = "logistic" if mode == "decoupled" else "squared"
-    cfg = PolicyConfig(mode=mode, loss=loss, p=0.3, word_features=False)
-    fast = Policy(cfg, ARMS, COSTS, DIM)
-    slow = Policy(cfg, ARMS, COSTS, DIM)
-    x, correct = world(300, seed=3)
-    lines = fast.features.shared_batch(x)
-    for i, line in enumerate(lines):
-        arm = i % len(ARMS)
-        fast.learn_line(line, arm, 0.5, correct[i, arm], COSTS[arm])
-        cost = (
-            slow.vw_cost(correct[i, arm], COSTS[arm])
-            if mode == "paper"
-            else (-1.0 if correct[i, arm] else 1.0)
-        )
-        slow._vw.learn(slow.features.learn_example(line, arm, cost, 0.5))
-    for line in lines[:20]:
-        want = slow._vw.predict(slow.features.predict_example(line))
-        np.testing.assert_array_equal(fast.raw_predict(line), np.asarray(want))
-    assert not np.allclose(fast.raw_predict(lines[0]), fast.raw_predict(lines[1]))
+def test_a_policy_builds_from_model_bytes() -> None:
+    cfg = PolicyConfig(p=0.2, word_features=False)
+    pol = Policy(cfg, ARMS, COSTS, DIM)
+    train_bandit(pol, data(pol, *world(300, 0)))
+    model = Snapshot.parse(pol.to_bytes()).model
+    copy = Policy(cfg, ARMS, COSTS, DIM, updates=pol.updates, model=model)
+    x, _ = world(20, 5)
+    np.testing.assert_array_equal(
+        [d.scores for d in copy.decide(x)], [d.scores for d in pol.decide(x)]
+    )
+    assert copy.version == 300
+    # with_config keeps the weights under another learning rate
+    faster = pol.with_config(cfg.replace(learning_rate=1.0))
+    np.testing.assert_array_equal(faster.correctness(copy.features.shared_batch(x)),
+                                  pol.correctness(pol.features.shared_batch(x)))  # fmt: skip
+
+
+def draws(policy: Policy, n: int = 200) -> list[int]:
+    """Arms drawn for ``n`` decisions on one context."""
+    line = policy.features.shared(np.zeros(DIM))
+    return [d.arm for d in policy.decide_lines([line] * n)]
+
+
+def test_reseed_sets_the_sampling_stream() -> None:
+    cfg = PolicyConfig(epsilon=0.3, seed=4)
+    a, b = Policy(cfg, ARMS, COSTS, DIM), Policy(cfg, ARMS, COSTS, DIM)
+    # offline runs stay repeatable: by default the stream is seeded with config.seed
+    assert a.sampling_seed == b.sampling_seed == 4
+    assert draws(a) == draws(b)
+    a.reseed(11)
+    b.reseed(11)
+    assert a.sampling_seed == 11
+    assert draws(a) == draws(b)
+    b.reseed(12)
+    assert draws(a) != draws(b)
+    assert b.sampling_seed == 12
+
+
+def test_a_snapshot_loaded_twice_and_reseeded_differently_draws_differently() -> None:
+    pol = Policy(PolicyConfig(epsilon=0.3, word_features=False), ARMS, COSTS, DIM)
+    train_bandit(pol, data(pol, *world(200, 0)))
+    blob = pol.to_bytes()
+    first, second = Policy.from_bytes(blob), Policy.from_bytes(blob)
+    assert draws(first) == draws(second)  # the lockstep that reseed is there to break
+    first.reseed(1)
+    second.reseed(2)
+    assert draws(first) != draws(second)
+    # the pmfs are the same: only the sampling differs
+    line = [first.features.shared(np.zeros(DIM))]
+    np.testing.assert_array_equal(first.decide_lines(line)[0].pmf, second.decide_lines(line)[0].pmf)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "7"])
+def test_bad_sampling_seeds(seed: object) -> None:
+    pol = Policy(PolicyConfig(), ARMS, COSTS, DIM)
+    with pytest.raises(PolicyError, match=r"sampling seed .* must be an integer ≥ 0"):
+        pol.reseed(seed)  # type: ignore[arg-type]
+    assert pol.sampling_seed == 0

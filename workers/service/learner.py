@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from bandit.policy import Policy
 from bandit.reward import is_correct
+from bandit.reward import reward as reward_of
 from workers.service.metrics import Metrics
 from workers.service.settings import LEARNERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import Entry, claim_stale, ensure_group, group_backlog, read_new
@@ -217,7 +218,7 @@ class Learner:
         self.updates += 1
         labelled.inc()
         right.inc(correct)
-        reward.observe(correct - self.policy.config.p * cost)
+        reward.observe(reward_of(correct, cost, self.policy.config.p))
         self._since_publish += 1
 
     async def expire_due(self) -> None:
