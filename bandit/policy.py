@@ -259,19 +259,24 @@ class Policy:
             return 1.0 / (1.0 + np.exp(np.clip(raw, -50, 50)))
         return -raw
 
-    def _decide_one(self, scores: np.ndarray, greedy_only: bool) -> Decision:
+    def _decide_one(
+        self, scores: np.ndarray, greedy_only: bool, available: np.ndarray | None
+    ) -> Decision:
         """Explore and sample for one query; ``scores``: shape (n_arms,), a row of
-        ``decide_lines``' scores."""
+        ``decide_lines``' scores; ``available``: the arms that may be drawn (None: all)."""
         cfg = self.config
-        greedy = int(np.argmax(scores))
+        greedy = int(
+            np.argmax(scores if available is None else np.where(available, scores, -np.inf))
+        )
         if greedy_only:
             pmf = np.eye(self.n_arms)[greedy]
         elif cfg.mode == "paper":
-            pmf = scores  # VW's explorer already turned its scores into the pmf
+            # VW's explorer already turned its scores into the pmf
+            pmf = scores if available is None else exploration.restrict(scores, available)
         elif cfg.explorer == "softmax":
-            pmf = exploration.softmax(scores, cfg.explorer_param or 10.0)
+            pmf = exploration.softmax(scores, cfg.explorer_param or 10.0, available)
         else:
-            pmf = exploration.epsilon_greedy(scores, cfg.epsilon)
+            pmf = exploration.epsilon_greedy(scores, cfg.epsilon, available)
         arm = exploration.sample(pmf, self._rng)
         return Decision(arm, float(pmf[arm]), pmf, scores, greedy, self.version)
 
@@ -288,8 +293,17 @@ class Policy:
         return self.decide_lines(self.features.shared_batch(vectors, texts), p=p, greedy=greedy)
 
     def decide_lines(
-        self, shared_lines: Sequence[str], *, p: float | None = None, greedy: bool = False
+        self,
+        shared_lines: Sequence[str],
+        *,
+        p: float | None = None,
+        greedy: bool = False,
+        available: np.ndarray | None = None,
     ) -> list[Decision]:
+        """Decide a batch of context lines. ``available``: shape (n_arms,) of bool, the arms
+        that may be drawn (None: all): the others get probability 0 and the pmf is
+        renormalised over these, so the logged probability is the one the arm was drawn
+        with (the router leaves out arms whose circuit breaker is open)."""
         if p is not None and self.config.mode == "paper" and p != self.config.p:
             raise PolicyError(
                 f"paper mode learned with p = {self.config.p}; it cannot decide at p = {p} "
@@ -303,7 +317,7 @@ class Policy:
             scores = np.array([self.raw_predict(s) for s in shared_lines]).reshape(
                 len(shared_lines), self.n_arms
             )
-        return [self._decide_one(row, greedy) for row in scores]
+        return [self._decide_one(row, greedy, available) for row in scores]
 
     # -- learning ------------------------------------------------------------------------
     def vw_cost(self, correct: float, cost: float) -> float:

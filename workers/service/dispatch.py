@@ -77,7 +77,8 @@ class Dispatcher:
         raises: the Answer carries the error."""
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.no_arm_wait_s
-        first, errors = d.arm, []
+        first = d.arm
+        errors: list[str] = []
         tried = np.zeros(len(self.arms.arms), dtype=bool)  # failed for this query this round
         refused = tried.copy()  # failed with a client error: that arm will not answer it
         while True:

@@ -140,8 +140,7 @@ class Router:
         self._failure: BaseException | None = None  # a finish task's, re-raised by run
         self._embedder_free_at = 0.0  # perf_counter when the embedder last finished a batch
         self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
-        m = metrics
-        m.model_version.set(policy.version)
+        self._adopt(policy)
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -320,7 +319,7 @@ class Router:
                 self.m.explored.labels("explored" if d.explored else "exploited").inc()
             await pipe.execute()
 
-    def _drawn(self, d: Decision) -> dict[str, Any]:
+    def _drawn(self, d: Decision) -> dict[Any, Any]:
         """A decision record's fields that say what was drawn, and with what probability."""
         return {"arm": d.arm, "arm_name": self.policy.arm_names[d.arm], "prob": repr(d.prob),
                 "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(self.policy.costs[d.arm])),
@@ -391,8 +390,16 @@ class Router:
         policy = await asyncio.to_thread(Policy.from_bytes, bytes(blob))
         if policy.version <= self.policy.version:
             return False
+        self._adopt(policy)
+        await self.note_published()
+        return True
+
+    def _adopt(self, policy: Policy) -> None:
+        """Route with ``policy`` from now on, drawing arms from a random stream of its own:
+        replicas and successive snapshots would otherwise explore in lockstep. The seed is
+        logged so that a run can be replayed."""
+        policy.reseed(random.SystemRandom().getrandbits(63))
         self.policy = policy
         self.m.model_version.set(policy.version)
-        await self.note_published()
-        log.info("router %s loaded model version %d", self.consumer, policy.version)
-        return True
+        log.info("router %s routes with model version %d, sampling seed %d",
+                 self.consumer, policy.version, policy.sampling_seed)  # fmt: skip
