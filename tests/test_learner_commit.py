@@ -148,7 +148,6 @@ def test_a_learner_killed_at_any_moment_learns_each_label_exactly_once(
         feedback[i:j] for i, j in itertools.pairwise(cuts)
     )
     kills: list[str] = []
-    why = f"seed {seed}, kills: {kills}"
 
     def started(proc: subprocess.Popen[bytes], since: bytes | None) -> None:
         """Wait until the learner is up: its start-up commit stamps a new publish time."""
@@ -188,6 +187,7 @@ def test_a_learner_killed_at_any_moment_learns_each_label_exactly_once(
         flow.join()
 
     feed(r, keys, feedback[cuts[-1] :], per_s=1e6)
+    why = f"seed {seed}, kills: {kills}"
     # 4. The last one runs until the stream is drained, then stops cleanly.
     proc = start_learner(redis_url, prefix, tmp_path)
     wait_until(lambda: group_state(r, keys) == (len(feedback), 0), proc, timeout_s=120)
@@ -337,3 +337,60 @@ def test_a_correct_cheap_answer_raises_its_correctness_and_the_reward_is_a_minus
     gain = registry.get_sample_value("metallm_reward_gain_total", arm)
     assert gain == pytest.approx((n - 1) * (1 - p * c))
     assert registry.get_sample_value("metallm_reward_loss_total", arm) == pytest.approx(p * c)
+
+
+def test_a_decision_record_that_cannot_be_learned_is_a_dead_letter(
+    redis_url: str, prefix: str
+) -> None:
+    """A re-read entry that crashed the learner would crash it again after every restart."""
+    keys, r = Keys(prefix), redis.Redis.from_url(redis_url)
+    settings = ServiceSettings(redis_url=redis_url, prefix=prefix, block_ms=20)
+    policy = fresh_policy(builtin_config("overruling"))
+    store_decisions(r, keys, settings, policy, ["q0", "q1"], shared_lines(policy, 2))
+    r.hset(keys.decision("q0"), "arm", "not-an-arm")
+    for q in ("q0", "q1"):
+        r.xadd(keys.feedback, {"id": q, "label": "Yes"})
+
+    async def main() -> None:
+        one, ar = learner(redis_url, settings, policy)
+        stop = asyncio.Event()
+        stop.set()
+        await one.run(stop)
+        await steps_until(one, lambda: sum(one.outcomes.values()) == 2)
+        await one.run(stop)
+        await ar.aclose()
+        assert (one.outcomes["invalid"], one.outcomes["joined"]) == (1, 1)
+
+    asyncio.run(main())
+    assert version(r, keys) == 1
+    [(_, dead)] = r.xrange(keys.dead)
+    assert dead[b"id"] == b"q0" and b"cannot be learned" in dead[b"error"]
+    assert group_state(r, keys)[1] == 0
+
+
+def test_rewind_goes_back_to_the_commit_and_learns_again(redis_url: str, prefix: str) -> None:
+    keys, r = Keys(prefix), redis.Redis.from_url(redis_url)
+    settings = ServiceSettings(redis_url=redis_url, prefix=prefix, block_ms=20,
+                               snapshot_every_updates=1000, snapshot_every_s=600)  # fmt: skip
+    policy = fresh_policy(builtin_config("overruling"))
+    n = 30
+    ids = [f"q{i}" for i in range(n)]
+    store_decisions(r, keys, settings, policy, ids, shared_lines(policy, n))
+    for q in ids:
+        r.xadd(keys.feedback, {"id": q, "label": "No"})
+
+    async def main() -> None:
+        one, ar = learner(redis_url, settings, policy)
+        stop = asyncio.Event()
+        stop.set()
+        await one.run(stop)  # commits version 0
+        await steps_until(one, lambda: one.policy.version == n)
+        await one.rewind()  # as if its commit had failed
+        assert one.policy.version == 0
+        await steps_until(one, lambda: one.policy.version == n)
+        await one.run(stop)
+        await ar.aclose()
+        assert one.outcomes["joined"] == 2 * n and one.outcomes["duplicate"] == 0
+
+    asyncio.run(main())
+    assert version(r, keys) == n

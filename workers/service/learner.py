@@ -79,6 +79,11 @@ def _parse_feedback(f: dict[str, str]) -> tuple[str, float | None] | None:
     return qid, reward
 
 
+def _lua(name: str) -> str:
+    """A server-side script kept beside this module."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
 def _decode_record(raw: list[Any]) -> dict[str, str]:
     """A decision record's ``RECORD_FIELDS`` as HMGET returns them, without the missing ones."""
     return {f: _s(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
@@ -100,6 +105,7 @@ class _Joined:
     outcomes: list[str | None]
     learn: list[tuple[int, dict[str, str], float]]
     mark: list[str] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)  # why an entry is invalid
 
 
 @dataclass
@@ -113,7 +119,8 @@ class _Uncommitted:
     acks: list[str] = field(default_factory=list)
 
     def held(self) -> int:
-        return len(self.markers) + len(self.settled) + len(self.acks)
+        """The most entries or ids of one kind the commit writes."""
+        return max(len(self.markers), len(self.settled), len(self.acks))
 
     def merge(self, later: _Uncommitted) -> None:
         self.markers += later.markers
@@ -135,8 +142,8 @@ class Learner:
         self.published_version = -1
         self.outcomes: Counter[str] = Counter()  # feedback outcomes, as in metallm_feedback_total
         self.updates = 0
-        script = resources.files(__package__).joinpath("join.lua").read_text(encoding="utf-8")
-        self._join = redis.register_script(script)
+        self._join = redis.register_script(_lua("join.lua"))
+        self._commit_ids = redis.register_script(_lua("commit.lua"))
         self._per_arm: dict[str, tuple[Any, Any, Any]] = {}
         self._next: _Joined | None = None  # the batch read and joined ahead
         # Since the last commit: ids learned, defaulted or judged (a later label for them is
@@ -157,6 +164,23 @@ class Learner:
             await self._apply(self._next)
             self._next = None
         await self.publish()
+
+    async def rewind(self) -> None:
+        """Drop everything learned, read or judged since the last commit and go back to the
+        committed snapshot; this consumer's unacknowledged entries are then read again. For
+        a learner whose commit failed (Redis went away): what it holds can no longer be
+        committed as one step, and learning it again must start from the committed model."""
+        data: Any = await self.r.get(self.keys.model_bytes)
+        if data:
+            self.policy = Policy.from_bytes(bytes(data))
+        self._next, self._uncommitted = None, _Uncommitted()
+        self._seen.clear()
+        self._reading.clear()
+        self._own_pending = "0"
+        self._since_publish = 0
+        self.published_version = self.policy.version
+        self.m.model_version.set(self.policy.version)
+        log.info("rewound to the committed model version %d", self.policy.version)
 
     async def step(self) -> int:
         """Learn one batch of feedback; returns how many entries it held."""
@@ -247,15 +271,20 @@ class Learner:
         for n, (k, record, correct) in enumerate(batch.learn):
             if n and n % LEARN_CHUNK == 0:
                 await asyncio.sleep(0)  # let the read-ahead and the router's tasks run
-            self._learn(record, correct)
+            try:
+                self._learn(record, correct)
+            except (KeyError, ValueError) as exc:  # a record no router wrote; PolicyError too
+                batch.outcomes[k] = "invalid"
+                batch.errors[k] = f"its decision record cannot be learned: {exc!r}"
+                continue
             batch.outcomes[k] = "joined"
         todo = self._uncommitted
         todo.markers += batch.mark
         todo.settled.update(batch.mark)
-        for e, outcome in zip(batch.entries, batch.outcomes, strict=True):
+        for k, (e, outcome) in enumerate(zip(batch.entries, batch.outcomes, strict=True)):
             if outcome == "invalid":
-                todo.dead.append({**e.fields, "stage": "feedback", "error": INVALID_FEEDBACK,
-                                  "deliveries": str(e.deliveries)})  # fmt: skip
+                todo.dead.append({**e.fields, "stage": "feedback", "deliveries": str(e.deliveries),
+                                  "error": batch.errors.get(k, INVALID_FEEDBACK)})  # fmt: skip
             todo.acks.append(e.id)
             self._count(outcome or "unknown")
 
@@ -295,7 +324,12 @@ class Learner:
             todo.settled.add(qid)
             record = _decode_record(raw)
             if default is not None and not marked and _learnable(record):
-                self._learn(record, default)
+                try:
+                    self._learn(record, default)
+                except (KeyError, ValueError) as exc:
+                    log.warning("decision %s cannot be learned: %r", qid, exc)
+                    self._count("expired")
+                    continue
                 self._seen.add(qid)
                 todo.markers.append(qid)
                 self._count("defaulted")
@@ -316,16 +350,16 @@ class Learner:
                 and time.monotonic() - self._last_publish >= s.snapshot_every_s
             )
         )
-        if due:
-            await self.publish()
+        if due:  # a commit of acknowledgements alone leaves the model as it is
+            await self.publish(model=self.policy.version != self.published_version)
 
-    async def publish(self) -> None:
+    async def publish(self, model: bool = True) -> None:
         """Commit: in one Redis transaction, the model snapshot (bytes, version and publish
-        time, when it changed) with the markers, awaiting-set removals, dead letters and
+        time; ``model=False`` leaves them as they are) with the markers, awaiting-set removals, dead letters and
         acknowledgements of everything learned or handled since the last commit. Then the
         snapshot goes to disk (a cache: see ``newest_snapshot``)."""
         version, now = self.policy.version, time.time()
-        data = self.policy.to_bytes() if version != self.published_version else None
+        data = self.policy.to_bytes() if model else None
         todo, self._uncommitted = self._uncommitted, _Uncommitted()
         try:
             await self._commit(todo, data, now)
@@ -355,10 +389,12 @@ class Learner:
                 pipe.set(k.model_bytes, data)
                 pipe.set(k.model_version, self.policy.version)
                 pipe.set(k.model_published, repr(now))
-            for qid in todo.markers:
-                pipe.set(k.learned(qid), "1", ex=ttl)
-            if todo.settled:
-                pipe.zrem(k.awaiting, *todo.settled)
+            if todo.markers or todo.settled:
+                markers = [k.learned(qid) for qid in todo.markers]
+                # Queued in the transaction (awaiting it sends nothing yet).
+                await self._commit_ids(
+                    keys=[k.awaiting, *markers], args=[ttl, *todo.settled], client=pipe
+                )
             for fields in todo.dead:
                 pipe.xadd(k.dead, fields)
             if todo.acks:
