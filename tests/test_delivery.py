@@ -125,18 +125,22 @@ def test_the_batch_read_ahead_is_learned_and_acknowledged_on_stop(
     async def main() -> tuple[int, int, int, int]:
         ar = aioredis.Redis.from_url(redis_url)
         learner = Learner(
-            fast_settings(redis_url, prefix), policy, ar, Metrics(CollectorRegistry())
+            fast_settings(redis_url, prefix, snapshot_every_s=600),
+            policy,
+            ar,
+            Metrics(CollectorRegistry()),
         )
         stop = asyncio.Event()
         stop.set()
         await learner.run(stop)  # creates the group and publishes; no step
         await learner.step()  # learns the first 4 and reads and joins the other 3 ahead
+        # Nothing is acknowledged before the commit: all 7 are still pending.
         after_step = (learner.updates, int(r.xpending(keys.feedback, "learners")["pending"]))
         await learner.run(stop)  # stops at once: what was read ahead is learned on the way out
         await ar.aclose()
         return (*after_step, learner.updates, int(r.xpending(keys.feedback, "learners")["pending"]))
 
-    assert asyncio.run(main()) == (4, 3, 7, 0)
+    assert asyncio.run(main()) == (4, 7, 7, 0)
     assert r.get(keys.model_version) == b"7"  # the snapshot on stop holds all of them
 
 

@@ -1,9 +1,19 @@
-"""The learner: feedback stream → join the decision record → reward → VW update → snapshots.
+"""The learner: feedback stream → join the decision record → reward → VW update → commit.
 
-Feedback is idempotent: ``learned:{id}`` is set once (SET NX) before a label trains the
-policy, so a second label for the same id never trains twice. Decisions whose label does
-not come within the reward wait are learned with ``default_reward`` when one is set
-(as Azure Personalizer does), or dropped and counted as expired.
+Learning is exactly once. The learner learns feedback entries as they come but neither
+acknowledges them nor marks their ids learned until a commit (``publish``): one Redis
+transaction that writes the model (bytes, version, publish time), sets the ``learned:{id}``
+marker of every id learned or defaulted since the previous commit, takes those ids out of
+the awaiting set, writes the dead letters and acknowledges every feedback entry handled
+since then. A learner killed at any instant restarts from the last commit: it loads that
+model, re-reads its own unacknowledged entries (it reads under a stable consumer name) and
+learns them again, while the markers committed with the model turn away labels it holds.
+Between commits the ids learned are kept in memory, so a second label is a duplicate then
+too.
+
+Decisions whose label does not come within the reward wait are learned with
+``default_reward`` when one is set (as Azure Personalizer does), or dropped and counted as
+expired.
 """
 
 from __future__ import annotations
@@ -11,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +34,26 @@ from bandit.policy import Policy
 from bandit.reward import is_correct
 from bandit.reward import reward as reward_of
 from workers.service.metrics import Metrics
-from workers.service.settings import LEARNERS_GROUP, Keys, ServiceSettings
-from workers.service.streams import Entry, claim_stale, ensure_group, group_backlog, read_new
+from workers.service.settings import DEFAULT_LEARNER_CONSUMER, LEARNERS_GROUP, Keys, ServiceSettings
+from workers.service.streams import (
+    Entry,
+    claim_stale,
+    ensure_group,
+    group_backlog,
+    read_new,
+    read_own_pending,
+)
 
 log = logging.getLogger(__name__)
 EXPIRY_BATCH = 500
-# Feedback entries read per step: one Lua join and one XACK per batch, so bigger batches
-# cost less per update (128 → 512 took the learner from 7.5k to 10k updates/s).
+# Feedback entries read per step: one join script call per batch, so bigger batches cost
+# less per update (128 → 512 took the learner from 7.5k to 10k updates/s).
 FEEDBACK_BATCH = 512
+# A commit is due, whatever the cadence, once this many entries or ids wait for it: what
+# is held in memory (and re-read after a crash) stays bounded when nothing is learned.
+COMMIT_MAX_HELD = 20_000
 # What learning needs of a decision record (the router writes more, for replay and audit).
 RECORD_FIELDS = ("shared", "arm", "arm_name", "prob", "cost", "label", "fallback", "failed")
-# KEYS: the awaiting set, then per id its decision record and its learned marker;
-# ARGV: the marker's TTL, then the ids. Per id: {1 if this label is the first, record fields}.
-JOIN_SCRIPT = """
-local fields = {@FIELDS@}
-local out = {}
-for i = 2, #ARGV do
-  local rec = redis.call('HMGET', KEYS[2 * i - 2], unpack(fields))
-  local first = 0
-  if rec[@LABEL@] then
-    if redis.call('SET', KEYS[2 * i - 1], '1', 'NX', 'EX', ARGV[1]) then first = 1 end
-    redis.call('ZREM', KEYS[1], ARGV[i])
-  end
-  out[i - 1] = {first, rec}
-end
-return out
-""".replace("@FIELDS@", ", ".join(f"'{f}'" for f in RECORD_FIELDS)).replace(
-    "@LABEL@", str(RECORD_FIELDS.index("label") + 1)
-)
 # Updates learned between yields to the event loop, so the read-ahead (and, in serve, the
 # router) run while a batch learns.
 LEARN_CHUNK = 64
@@ -78,14 +80,54 @@ def _parse_feedback(f: dict[str, str]) -> tuple[str, float | None] | None:
     return qid, reward
 
 
+def _lua(name: str) -> str:
+    """A server-side script kept beside this module."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def _decode_record(raw: list[Any]) -> dict[str, str]:
+    """A decision record's ``RECORD_FIELDS`` as HMGET returns them, without the missing ones."""
+    return {f: _s(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
+
+
+def _learnable(record: dict[str, str]) -> bool:
+    """Whether a decision can teach the policy: it exists, and the answering arm was drawn
+    from the logged pmf (a failed call or a fallback arm gives no unbiased update)."""
+    return bool(record) and record.get("failed") != "1" and record.get("fallback") != "1"
+
+
 @dataclass
 class _Joined:
     """Feedback entries joined with their decision records, not yet learned: each entry's
-    outcome so far (None: to learn) and (entry index, record, correctness) to learn."""
+    outcome so far (None: to learn), (entry index, record, correctness) to learn, and the
+    ids whose learned marker the commit after this batch sets."""
 
     entries: list[Entry]
     outcomes: list[str | None]
     learn: list[tuple[int, dict[str, str], float]]
+    mark: list[str] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)  # why an entry is invalid
+
+
+@dataclass
+class _Uncommitted:
+    """What the next commit writes besides the model: markers, awaiting-set removals, dead
+    letters and acknowledgements of everything handled since the previous commit."""
+
+    markers: list[str] = field(default_factory=list)
+    settled: set[str] = field(default_factory=set)  # ids that leave the awaiting set
+    dead: list[dict[Any, Any]] = field(default_factory=list)
+    acks: list[str] = field(default_factory=list)
+
+    def held(self) -> int:
+        """The most entries or ids of one kind the commit writes."""
+        return max(len(self.markers), len(self.settled), len(self.acks))
+
+    def merge(self, later: _Uncommitted) -> None:
+        self.markers += later.markers
+        self.settled |= later.settled
+        self.dead += later.dead
+        self.acks += later.acks
 
 
 class Learner:
@@ -94,16 +136,23 @@ class Learner:
     ) -> None:
         self.settings, self.policy, self.r, self.m = settings, policy, redis, metrics
         self.keys = Keys(settings.prefix)
-        self.consumer = settings.consumer or f"learner-{random.getrandbits(32):08x}"
+        self.consumer = settings.consumer or DEFAULT_LEARNER_CONSUMER
         self._since_publish = 0
         self._last_publish = time.monotonic()
         self._last_claim = 0.0
         self.published_version = -1
         self.outcomes: Counter[str] = Counter()  # feedback outcomes, as in metallm_feedback_total
         self.updates = 0
-        self._join = redis.register_script(JOIN_SCRIPT)
+        self._join = redis.register_script(_lua("join.lua"))
+        self._commit_ids = redis.register_script(_lua("commit.lua"))
         self._per_arm: dict[str, tuple[Any, Any, Any]] = {}
         self._next: _Joined | None = None  # the batch read and joined ahead
+        # Since the last commit: ids learned, defaulted or judged (a later label for them is
+        # a duplicate), feedback entries read (not acknowledged yet), and what to commit.
+        self._seen: set[str] = set()
+        self._reading: set[str] = set()
+        self._uncommitted = _Uncommitted()
+        self._own_pending: str | None = "0"  # where re-reading our unacknowledged entries is
         metrics.model_version.set(policy.version)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -112,10 +161,27 @@ class Learner:
             await self.publish()  # routers start from the same model the learner has
         while not stop.is_set():
             await self.step()
-        if self._next is not None:  # read and joined ahead: learn and acknowledge it too
+        if self._next is not None:  # read and joined ahead: learn and commit it too
             await self._apply(self._next)
             self._next = None
         await self.publish()
+
+    async def rewind(self) -> None:
+        """Drop everything learned, read or judged since the last commit and go back to the
+        committed snapshot; this consumer's unacknowledged entries are then read again. For
+        a learner whose commit failed (Redis went away): what it holds can no longer be
+        committed as one step, and learning it again must start from the committed model."""
+        data: Any = await self.r.get(self.keys.model_bytes)
+        if data:
+            self.policy = Policy.from_bytes(bytes(data))
+        self._next, self._uncommitted = None, _Uncommitted()
+        self._seen.clear()
+        self._reading.clear()
+        self._own_pending = "0"
+        self._since_publish = 0
+        self.published_version = self.policy.version
+        self.m.model_version.set(self.policy.version)
+        log.info("rewound to the committed model version %d", self.policy.version)
 
     async def step(self) -> int:
         """Learn one batch of feedback; returns how many entries it held."""
@@ -139,16 +205,27 @@ class Learner:
         return len(batch.entries)
 
     async def _fetch(self, block: bool) -> _Joined:
-        """The next feedback entries (stale ones claimed first), joined with their decision
-        records. ``block=False`` does not wait for new entries."""
-        s = self.settings
+        """The next feedback entries, joined with their decision records: first this
+        consumer's own unacknowledged ones (after a restart, those a killed run learned but
+        did not commit), then stale ones of other consumers, then new ones. ``block=False``
+        does not wait for new entries."""
+        s, stream = self.settings, self.keys.feedback
         entries: list[Entry] = []
-        if time.monotonic() - self._last_claim >= s.claim_idle_ms / 2000:
-            self._last_claim = time.monotonic()
-            entries = await claim_stale(self.r, self.keys.feedback, LEARNERS_GROUP, self.consumer,
-                                        s.claim_idle_ms, FEEDBACK_BATCH)  # fmt: skip
-        entries += await read_new(self.r, self.keys.feedback, LEARNERS_GROUP, self.consumer,
-                                  FEEDBACK_BATCH, s.block_ms if block else None)  # fmt: skip
+        if self._own_pending is not None:
+            entries, self._own_pending = await read_own_pending(
+                self.r, stream, LEARNERS_GROUP, self.consumer, self._own_pending, FEEDBACK_BATCH
+            )
+        if self._own_pending is None and not entries:
+            if time.monotonic() - self._last_claim >= s.claim_idle_ms / 2000:
+                self._last_claim = time.monotonic()
+                entries = await claim_stale(self.r, stream, LEARNERS_GROUP, self.consumer,
+                                            s.claim_idle_ms, FEEDBACK_BATCH)  # fmt: skip
+            entries += await read_new(self.r, stream, LEARNERS_GROUP, self.consumer,
+                                      FEEDBACK_BATCH, s.block_ms if block else None)  # fmt: skip
+        # XAUTOCLAIM also hands back our own entries that wait for the commit longer than
+        # claim_idle_ms: they are being handled already.
+        entries = [e for e in entries if e.id not in self._reading]
+        self._reading.update(e.id for e in entries)
         return await self._join_records(entries)
 
     async def _join_records(self, entries: list[Entry]) -> _Joined:
@@ -163,47 +240,54 @@ class Learner:
                 parsed.append((k, *got))
         if not parsed:
             return batch
-        # Each id's decision record and, for the answered ones, the learned:{id} marker
-        # (SET NX) and its removal from the awaiting set.
-        ttl = int(self.settings.reward_wait_s * 2) + 60
-        keys = [self.keys.awaiting]
-        for _, qid, _ in parsed:
-            keys += [self.keys.decision(qid), self.keys.learned(qid)]
-        reply = await self._join(keys=keys, args=[ttl, *(q for _, q, _ in parsed)])
-        for (k, _, reward), (first, raw) in zip(parsed, reply, strict=True):
-            record = {f: _s(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
-            if not record or "label" not in record:
+        reply = await self._read_records([qid for _, qid, _ in parsed])
+        for (k, qid, reward), (marked, raw) in zip(parsed, reply, strict=True):
+            record = _decode_record(raw)
+            if "label" not in record:
                 batch.outcomes[k] = "unknown"  # never decided, expired, or not answered yet
-            elif not first:
+            elif marked or qid in self._seen:
                 batch.outcomes[k] = "duplicate"
-            elif record.get("failed") == "1" or record.get("fallback") == "1":
-                # The answering arm was not drawn from the logged pmf: no unbiased update.
-                batch.outcomes[k] = "not_learnable"
             else:
-                label = entries[k].fields.get("label", "")
-                correct = reward if reward is not None else is_correct(record["label"], label)
-                batch.learn.append((k, record, correct))
+                self._seen.add(qid)
+                batch.mark.append(qid)
+                if not _learnable(record):
+                    batch.outcomes[k] = "not_learnable"
+                else:
+                    label = entries[k].fields.get("label", "")
+                    correct = reward if reward is not None else is_correct(record["label"], label)
+                    batch.learn.append((k, record, correct))
         return batch
 
+    async def _read_records(self, ids: list[str]) -> list[tuple[int, list[Any]]]:
+        """Per id: (1 if its learned marker is set, else 0; its record's ``RECORD_FIELDS``)."""
+        keys: list[str] = []
+        for qid in ids:
+            keys += [self.keys.decision(qid), self.keys.learned(qid)]
+        reply: Any = await self._join(keys=keys, args=list(RECORD_FIELDS))
+        return [(int(marked), raw) for marked, raw in reply]
+
     async def _apply(self, batch: _Joined) -> None:
-        """Learn a joined batch, dead-letter its invalid entries, acknowledge them all and
-        count each one's outcome."""
+        """Learn a joined batch and hand its markers, dead letters and acknowledgements to
+        the next commit; count each entry's outcome."""
         for n, (k, record, correct) in enumerate(batch.learn):
             if n and n % LEARN_CHUNK == 0:
                 await asyncio.sleep(0)  # let the read-ahead and the router's tasks run
-            self._learn(record, correct)
+            try:
+                self._learn(record, correct)
+            except (KeyError, ValueError) as exc:  # a record no router wrote; PolicyError too
+                batch.outcomes[k] = "invalid"
+                batch.errors[k] = f"its decision record cannot be learned: {exc!r}"
+                continue
             batch.outcomes[k] = "joined"
-        async with self.r.pipeline(transaction=True) as pipe:
-            for e, outcome in zip(batch.entries, batch.outcomes, strict=True):
-                if outcome == "invalid":
-                    fields: dict[Any, Any] = {**e.fields, "stage": "feedback", "error": INVALID_FEEDBACK,
-                                              "deliveries": str(e.deliveries)}  # fmt: skip
-                    pipe.xadd(self.keys.dead, fields)
-                    self.m.dead_letters.labels("feedback").inc()
-            pipe.xack(self.keys.feedback, LEARNERS_GROUP, *(e.id for e in batch.entries))
-            await pipe.execute()
-        for o in batch.outcomes:
-            self._count(o or "unknown")
+        todo = self._uncommitted
+        todo.markers += batch.mark
+        todo.settled.update(batch.mark)
+        for k, (e, outcome) in enumerate(zip(batch.entries, batch.outcomes, strict=True)):
+            if outcome == "invalid":
+                todo.dead.append({**e.fields, "stage": "feedback", "deliveries": str(e.deliveries),
+                                  "error": batch.errors.get(k, INVALID_FEEDBACK)})  # fmt: skip
+            todo.acks.append(e.id)
+            self._count(outcome or "unknown")
 
     def _learn(self, record: dict[str, str], correct: float) -> None:
         arm, cost = int(record["arm"]), float(record["cost"])
@@ -222,24 +306,33 @@ class Learner:
         self._since_publish += 1
 
     async def expire_due(self) -> None:
-        """Decisions whose reward wait is over: default reward, or counted as expired."""
+        """Decisions whose reward wait is over: default reward, or counted as expired. They
+        leave the awaiting set at the next commit (a defaulted one with its marker), so a
+        learner killed before it still finds them due."""
+        todo = self._uncommitted
+        # Due ids this learner holds (learned or settled, not committed yet) stay in the set
+        # until the commit: read past them.
+        held = len(self._seen) + len(todo.settled)
         due = await self.r.zrangebyscore(
-            self.keys.awaiting, "-inf", time.time(), start=0, num=EXPIRY_BATCH
+            self.keys.awaiting, "-inf", time.time(), start=0, num=EXPIRY_BATCH + held
         )
-        for raw_id in due:
-            qid = _s(raw_id)
-            if not await self.r.zrem(self.keys.awaiting, qid):
-                continue  # another learner took it
-            default = self.settings.default_reward
-            raw = await self.r.hmget(self.keys.decision(qid), RECORD_FIELDS)
-            record = {f: _s(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
-            learnable = record and record.get("failed") != "1" and record.get("fallback") != "1"
-            if (
-                default is not None
-                and learnable
-                and await self.r.set(self.keys.learned(qid), "1", nx=True, ex=60)
-            ):
-                self._learn(record, default)
+        ids = [q for q in map(_s, due) if q not in self._seen and q not in todo.settled]
+        ids = ids[:EXPIRY_BATCH]
+        if not ids:
+            return
+        default = self.settings.default_reward
+        for qid, (marked, raw) in zip(ids, await self._read_records(ids), strict=True):
+            todo.settled.add(qid)
+            record = _decode_record(raw)
+            if default is not None and not marked and _learnable(record):
+                try:
+                    self._learn(record, default)
+                except (KeyError, ValueError) as exc:
+                    log.warning("decision %s cannot be learned: %r", qid, exc)
+                    self._count("expired")
+                    continue
+                self._seen.add(qid)
+                todo.markers.append(qid)
                 self._count("defaulted")
             else:
                 self._count("expired")
@@ -249,30 +342,65 @@ class Learner:
         self.m.feedback.labels(outcome).inc()
 
     async def maybe_publish(self) -> None:
-        s = self.settings
-        due = self._since_publish >= s.snapshot_every_updates or (
-            self._since_publish and time.monotonic() - self._last_publish >= s.snapshot_every_s
+        s, held = self.settings, self._uncommitted.held()
+        due = (
+            self._since_publish >= s.snapshot_every_updates
+            or held >= COMMIT_MAX_HELD
+            or (
+                (self._since_publish or held)
+                and time.monotonic() - self._last_publish >= s.snapshot_every_s
+            )
         )
-        if due:
-            await self.publish()
+        if due:  # a commit of acknowledgements alone leaves the model as it is
+            await self.publish(model=self.policy.version != self.published_version)
 
-    async def publish(self) -> None:
-        """Snapshot to Redis (bytes, version and publish time, in one transaction) and to disk."""
-        data = self.policy.to_bytes()
+    async def publish(self, model: bool = True) -> None:
+        """Commit: in one Redis transaction, the model snapshot (bytes, version and publish
+        time; ``model=False`` leaves them as they are) with the markers, awaiting-set removals, dead letters and
+        acknowledgements of everything learned or handled since the last commit. Then the
+        snapshot goes to disk (a cache: see ``newest_snapshot``)."""
         version, now = self.policy.version, time.time()
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.model_bytes, data)
-            pipe.set(self.keys.model_version, version)
-            pipe.set(self.keys.model_published, repr(now))
-            await pipe.execute()
-        if self.settings.model_dir:
-            save_snapshot(Path(self.settings.model_dir), data)
+        data = self.policy.to_bytes() if model else None
+        todo, self._uncommitted = self._uncommitted, _Uncommitted()
+        try:
+            await self._commit(todo, data, now)
+        except BaseException:
+            todo.merge(self._uncommitted)  # not committed: the next commit writes it all
+            self._uncommitted = todo
+            raise
+        self._seen.difference_update(todo.markers)
+        self._reading.difference_update(todo.acks)
         self._since_publish = 0
         self._last_publish = time.monotonic()
+        if todo.dead:
+            self.m.dead_letters.labels("feedback").inc(len(todo.dead))
+        if data is None:
+            return
+        if self.settings.model_dir:
+            save_snapshot(Path(self.settings.model_dir), data)
         self.published_version = version
         self.m.model_version.set(version)
         self.m.model_published.set(now)
         log.info("published model version %d (%d bytes)", version, len(data))
+
+    async def _commit(self, todo: _Uncommitted, data: bytes | None, now: float) -> None:
+        k, ttl = self.keys, self.settings.marker_ttl_s()
+        async with self.r.pipeline(transaction=True) as pipe:
+            if data is not None:
+                pipe.set(k.model_bytes, data)
+                pipe.set(k.model_version, self.policy.version)
+                pipe.set(k.model_published, repr(now))
+            if todo.markers or todo.settled:
+                markers = [k.learned(qid) for qid in todo.markers]
+                # Queued in the transaction (awaiting it sends nothing yet).
+                await self._commit_ids(
+                    keys=[k.awaiting, *markers], args=[ttl, *todo.settled], client=pipe
+                )
+            for fields in todo.dead:
+                pipe.xadd(k.dead, fields)
+            if todo.acks:
+                pipe.xack(k.feedback, LEARNERS_GROUP, *todo.acks)
+            await pipe.execute()
 
 
 SNAPSHOT_FILE = "policy.bin"
@@ -287,12 +415,18 @@ def save_snapshot(folder: Path, data: bytes) -> Path:
 
 
 async def newest_snapshot(r: aioredis.Redis, keys: Keys, model_dir: str) -> Policy | None:
-    """The newest of the snapshot in Redis and the one on disk, or None."""
-    found: list[Policy] = []
+    """The snapshot committed in Redis; the copy on disk only when Redis has none; or None.
+
+    Redis wins even over a newer disk copy: its snapshot was committed with the markers and
+    the feedback position, so a learner that starts from it re-learns exactly what came
+    after. A Redis that lost its data (restarted without persistence) has lost the feedback
+    stream, the decision records and the markers with it: the learner then starts from the
+    disk copy, and only feedback for decisions made after that can teach it."""
     data: Any = await r.get(keys.model_bytes)
     if data:
-        found.append(Policy.from_bytes(bytes(data)))
+        return Policy.from_bytes(bytes(data))
     path = Path(model_dir) / SNAPSHOT_FILE if model_dir else None
     if path is not None and path.is_file():
-        found.append(Policy.from_bytes(path.read_bytes()))
-    return max(found, key=lambda p: p.version) if found else None
+        log.warning("no model in Redis: starting from the disk copy %s", path)
+        return Policy.from_bytes(path.read_bytes())
+    return None

@@ -42,7 +42,6 @@ from workers.service.streams import (
 )
 
 log = logging.getLogger(__name__)
-DECISION_GRACE_S = 600  # decision records outlive the reward wait by this much
 
 
 class BadQuery(ValueError):
@@ -309,7 +308,7 @@ class Router:
     async def _store_decisions(
         self, queries: list[Query], decisions: list[Decision], shared: list[str]
     ) -> None:
-        ttl = int(self.settings.reward_wait_s + DECISION_GRACE_S)
+        ttl = self.settings.decision_ttl_s()
         async with self.r.pipeline(transaction=False) as pipe:
             for q, d, line in zip(queries, decisions, shared, strict=True):
                 key = self.keys.decision(q.id)

@@ -31,6 +31,14 @@ DEFAULT_BREAKER_COOLDOWN_S = 10.0
 # How long a query waits for a healthy arm before its error response: long enough to ride
 # out a provider's brief outage, well below a client's usual timeout.
 DEFAULT_NO_ARM_WAIT_S = 60.0
+# One active learner per policy, under a stable name: its unacknowledged feedback entries
+# (learned but not yet in a snapshot) are then its own again after a restart.
+DEFAULT_LEARNER_CONSUMER = "learner"
+DECISION_GRACE_S = 600  # decision records outlive the reward wait by this much
+# A learned:{id} marker outlives the decision record it guards by at least this much: it is
+# set after the record was written (at the learner's commit) with the record's TTL plus this,
+# so a label for that id can never find the record without the marker.
+MARKER_MARGIN_S = 600
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,17 @@ class ServiceSettings:
             )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
+
+    def decision_ttl_s(self) -> int:
+        """Seconds a decision record lives after the router writes it: the reward wait plus
+        ``DECISION_GRACE_S``, so a label (or the default reward) at the end of the wait still
+        finds it."""
+        return math.ceil(self.reward_wait_s + DECISION_GRACE_S)
+
+    def marker_ttl_s(self) -> int:
+        """Seconds a ``learned:{id}`` marker lives after the learner's commit sets it. The
+        commit comes after the record was written, so the marker outlives the record."""
+        return self.decision_ttl_s() + MARKER_MARGIN_S
 
     @classmethod
     def from_env(

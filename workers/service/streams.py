@@ -60,6 +60,19 @@ async def read_new(
     return out
 
 
+async def read_own_pending(
+    r: aioredis.Redis, stream: str, group: str, consumer: str, after: str, count: int
+) -> tuple[list[Entry], str | None]:
+    """Up to ``count`` of ``consumer``'s own entries that were delivered and not acknowledged,
+    with ids after ``after`` ("0" for all), and the id to read on from (None: none is left).
+    Entries deleted from the stream meanwhile are skipped."""
+    reply: Any = await r.xreadgroup(group, consumer, {stream: after}, count=count)
+    raw = [e for _, entries in reply or [] for e in entries]
+    if not raw:
+        return [], None
+    return [Entry(_id(eid), _decode(f)) for eid, f in raw if f], _id(raw[-1][0])
+
+
 def parse_autoclaim(reply: Sequence[Any]) -> tuple[str, list[tuple[str, dict[str, str]]]]:
     """XAUTOCLAIM's reply: Redis 6.2 gives [next, entries]; Redis 7 adds a third element,
     the ids that were deleted meanwhile. Entries deleted under 6.2 come back as (id, None)."""
