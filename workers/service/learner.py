@@ -92,7 +92,9 @@ def _decode_record(raw: list[Any]) -> dict[str, str]:
 
 def _learnable(record: dict[str, str]) -> bool:
     """Whether a decision can teach the policy: it exists, and the answering arm was drawn
-    from the logged pmf (a failed call or a fallback arm gives no unbiased update)."""
+    from the logged pmf. A failed call teaches nothing; an arm drawn again after the first
+    failed (``redrawn``) carries its own draw's probability and is learned. ``fallback`` is
+    what routers before the circuit breakers wrote for an arm taken without a draw."""
     return bool(record) and record.get("failed") != "1" and record.get("fallback") != "1"
 
 
