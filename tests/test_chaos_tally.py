@@ -51,10 +51,10 @@ def test_extra_calls_count_answers_beyond_one_per_text() -> None:
     assert extra_calls({"ta": 3, "tb": 1, "other": 5}, ["ta", "tb", "tc", "ta"]) == 2
 
 
-def test_errors_and_fallbacks_are_not_learnable_and_the_last_response_counts() -> None:
+def test_errors_and_fallbacks_are_not_learnable_and_the_first_response_counts() -> None:
     responses = [ok("a"), Response("b", "all arms failed", "0"), Response("c", "", "1"),
-                 Response("d", "timeout", "0"), ok("d")]  # fmt: skip
-    assert learnable_ids(["a", "b", "c", "d", "e"], responses) == {"a", "d"}
+                 Response("d", "timeout", "0"), ok("d"), ok("f"), Response("f", "timeout", "0")]  # fmt: skip
+    assert learnable_ids(["a", "b", "c", "d", "e", "f"], responses) == {"a", "f"}
 
 
 def test_learned_twice_and_labels_lost_compare_the_version_with_the_learnable_labels() -> None:

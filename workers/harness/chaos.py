@@ -37,6 +37,7 @@ from workers.service.settings import LEARNERS_GROUP, Keys
 log = logging.getLogger(__name__)
 TAG = "chaos_tag"  # marker field of intentionally invalid entries, found again on the dead stream
 POLL_S = 0.05
+RECENT_ENTRIES = 200  # where a query sent just before a connection error would be
 REDIS_DOWN_S = 2.0  # how long Redis stays dead before its restart
 ROUTER_DOWN_S = 1.0
 FILLER = "The court considered whether the earlier holding still stands. "
@@ -375,7 +376,7 @@ def _traffic(ctx: Ctx, r: redis.Redis) -> None:
             qid = f"{ctx.run.run_id}-{ds_id}"
             with ctx.lock:
                 ctx.valid[qid] = text
-            _retrying("send a query", partial(r.xadd, keys.queries, {"id": qid, "text": text}))
+            _send_once(r, keys.queries, qid, text)
             sent += 1
         if sent == len(rows):
             ctx.sending_done.set()
@@ -401,6 +402,24 @@ def _traffic(ctx: Ctx, r: redis.Redis) -> None:
     else:
         log.warning("%s: traffic did not settle within %.0f s", ctx.fault, hard_stop - t0)
     fault.join(timeout=o.ready_s)
+
+
+def _send_once(r: redis.Redis, stream: str, qid: str, text: str) -> None:
+    """XADD the query; after a connection error, only if it is not in the stream already
+    (the server may have taken it before it died), so the harness never sends one twice."""
+    query: dict[Any, Any] = {"id": qid, "text": text}
+    try:
+        r.xadd(stream, query)
+        return
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.info("sending %s: %s; checking whether it got in", qid, exc)
+
+    def resend() -> None:
+        recent: Any = r.xrevrange(stream, count=RECENT_ENTRIES)
+        if not any(f.get(b"id") == qid.encode() for _, f in recent):
+            r.xadd(stream, query)
+
+    _retrying("send a query", resend)
 
 
 def _fault_thread(ctx: Ctx) -> None:

@@ -56,14 +56,16 @@ class Row:
 
 
 def learnable_ids(labelled: Iterable[str], responses: Iterable[Response]) -> set[str]:
-    """Labelled ids whose last response had no error and no fallback: the labels the learner
-    should learn exactly once (a fallback answer was not drawn from the logged pmf)."""
-    last: dict[str, Response] = {}
+    """Labelled ids whose first response had no error and no fallback: the labels the learner
+    should learn exactly once (a fallback answer was not drawn from the logged pmf). The
+    first, because the label answers what the application heard first; a second response
+    for the same query is already counted as an extra LLM call."""
+    first: dict[str, Response] = {}
     for r in responses:
-        last[r.qid] = r
+        first.setdefault(r.qid, r)
     out = set()
     for qid in labelled:
-        resp = last.get(qid)
+        resp = first.get(qid)
         if resp is not None and not resp.error and resp.fallback in ("", "0"):
             out.add(qid)
     return out
