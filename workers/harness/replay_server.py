@@ -8,6 +8,14 @@ It speaks two wire protocols, so the real ``openai`` and ``boto3`` clients talk 
 For each prompt it finds the query (by undoing the arm's prompt template), answers with
 that model's recorded answer, and reports token usage that makes the arm's price give the
 recorded cost. Latency (normal, in ms) and an error rate can be injected for testing.
+
+Two admin routes let a fault-injection run steer and audit it while it serves:
+
+- ``POST /admin/faults`` with JSON ``{"latency_ms", "latency_sd_ms", "error_rate"}`` (each
+  optional; omitted ones keep their value) replaces the injected faults at once;
+- ``GET /admin/stats`` gives the requests and injected errors so far and, per recorded query
+  text, how many successful answers it was given (``answers``; ``unknown`` counts answers to
+  prompts that are not recorded queries), so that a query paid for twice shows.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
@@ -38,6 +47,7 @@ class ReplayAnswer:
     text: str
     tokens_in: int
     tokens_out: int
+    query: str | None = None  # the recorded query text answered (None: not a recorded query)
 
 
 class ReplayBook:
@@ -81,9 +91,8 @@ class ReplayBook:
                 f"no recorded answer of {model_id!r} for this prompt (not a query of {self._ds.name!r})"
             )
         answer = str(self._ds.answers[row, col])
-        return ReplayAnswer(
-            answer, *usage_for_cost(arm, float(self._ds.cost_usd[row, col]), answer)
-        )
+        tokens_in, tokens_out = usage_for_cost(arm, float(self._ds.cost_usd[row, col]), answer)
+        return ReplayAnswer(answer, tokens_in, tokens_out, text)
 
 
 def usage_for_cost(arm: Arm, cost_usd: float, answer: str) -> tuple[int, int]:
@@ -139,6 +148,8 @@ class ReplayServer:
         self._lock = threading.Lock()
         self.requests = 0
         self.errors = 0
+        self.answers: Counter[str] = Counter()  # successful answers per recorded query text
+        self.unknown_answers = 0
         self._httpd = _Server((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -161,6 +172,39 @@ class ReplayServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def set_faults(self, changes: dict[str, Any]) -> Faults:
+        """Replace the injected faults with ``changes`` applied (keys: latency_ms,
+        latency_sd_ms, error_rate); raises ConfigError on an unknown key or a bad value."""
+        allowed = {"latency_ms", "latency_sd_ms", "error_rate"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ConfigError(f"unknown fault(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        try:
+            values = {k: float(v) for k, v in changes.items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"faults must be numbers, got {changes!r}") from None
+        with self._lock:
+            self.faults = replace(self.faults, **values)  # type: ignore[arg-type]
+            return self.faults
+
+    def record(self, answer: ReplayAnswer) -> None:
+        """Count one successful answer (sent with HTTP 200)."""
+        with self._lock:
+            if answer.query is None:
+                self.unknown_answers += 1
+            else:
+                self.answers[answer.query] += 1
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "errors": self.errors,
+                "unknown": self.unknown_answers,
+                "answers": dict(self.answers),
+                "faults": asdict(self.faults),
+            }
 
     def draw(self) -> tuple[float, bool]:
         """(seconds to wait, whether to fail) for one request."""
@@ -199,6 +243,8 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self.path == "/healthz":
                 self._send(200, {"status": "ok", "models": server.book.model_ids})
+            elif self.path == "/admin/stats":
+                self._send(200, server.stats())
             else:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -211,12 +257,25 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
                     400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}
                 )
                 return
-            if self.path.rstrip("/") == "/v1/chat/completions":
+            if self.path == "/admin/faults":
+                self._admin_faults(body)
+            elif self.path.rstrip("/") == "/v1/chat/completions":
                 self._openai(body)
             elif self.path.startswith("/model/") and self.path.endswith("/converse"):
                 self._bedrock(unquote(self.path[len("/model/") : -len("/converse")]), body)
             else:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+        def _admin_faults(self, body: Any) -> None:
+            try:
+                if not isinstance(body, dict):
+                    raise ConfigError("the body must be a JSON object of faults")
+                faults = server.set_faults(body)
+            except ConfigError as exc:
+                self._send(400, {"error": {"message": str(exc)}})
+                return
+            log.info("replay faults now %s", faults)
+            self._send(200, asdict(faults))
 
         def _openai(self, body: dict[str, Any]) -> None:
             delay, fail = server.draw()
@@ -231,6 +290,7 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
             except LookupError as exc:
                 self._send(404, {"error": {"message": str(exc), "type": "invalid_request_error"}})
                 return
+            server.record(ans)
             self._send(
                 200,
                 {
@@ -275,6 +335,7 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
                     {"x-amzn-ErrorType": "ResourceNotFoundException"},
                 )
                 return
+            server.record(ans)
             self._send(
                 200,
                 {
