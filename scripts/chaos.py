@@ -71,7 +71,8 @@ from typing import Any
 
 from bandit.datasets import load_dataset, resolve_data_dir
 from bandit.errors import MetalLMError
-from workers.harness.chaos import FAULTS, ChaosOptions, Run, row_names, run_row
+from workers.harness.chaos import ChaosOptions, Run
+from workers.harness.chaos_faults import FAULTS
 from workers.harness.chaos_procs import (
     SHUTDOWN,
     Managed,
@@ -81,6 +82,7 @@ from workers.harness.chaos_procs import (
     cli_argv,
     find_redis_server,
 )
+from workers.harness.chaos_row import row_names, run_row
 from workers.harness.chaos_tally import Row, format_table
 from workers.harness.demo import free_port
 
