@@ -26,6 +26,19 @@ DEFAULT_REWARD_WAIT_S = 3600
 DEFAULT_SNAPSHOT_EVERY_UPDATES = 100
 DEFAULT_SNAPSHOT_EVERY_S = 10.0
 DEFAULT_RELOAD_CHECK_S = 1.0
+# Stream caps (entries, trimmed with MAXLEN ~ on each XADD). A response holds ~0.5 KB, so a
+# million of them cost ~0.5 GB of Redis memory: hours of traffic at 100 q/s, long enough for
+# any reader that is merely slow, short of an instance that runs out of memory. Feedback
+# entries are smaller and the learner acknowledges them within seconds; the cap only matters
+# with no learner running. Dead letters are read by people: 100k is more than anyone reads.
+DEFAULT_RESPONSES_MAXLEN = 1_000_000
+DEFAULT_FEEDBACK_MAXLEN = 1_000_000
+DEFAULT_DEAD_MAXLEN = 100_000
+# Below the 60 s grace period of deploy/compose.yaml and deploy/k8s/*.yaml, leaving 15 s to
+# mark what is left abandoned, save the model and close before SIGKILL.
+DEFAULT_SHUTDOWN_DEADLINE_S = 45.0
+# How long a repeated query id waits for the outcome of its first entry's LLM call.
+DEFAULT_REPEAT_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,12 @@ class ServiceSettings:
     ``embedder_process``: run the router's embedder in a child process (the default; the
     event loop then has the GIL to itself) or, when false, in a thread of the router;
     ``embedder_threads``: the model's threads per batch (0 = one per core).
+
+    ``responses_maxlen``, ``feedback_maxlen``, ``dead_maxlen``: the most entries those
+    streams keep (approximately; the oldest go first). ``shutdown_deadline_s``: how long a
+    stopping router waits for its LLM calls before it abandons the rest (left pending for
+    another router, which sends them again). ``repeat_wait_s``: how long a query whose id is
+    already being answered waits for that answer before it gets an error.
 
     ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
     exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
@@ -63,10 +82,16 @@ class ServiceSettings:
     accuracy_floor: float = 0.0
     embedder_process: bool = True
     embedder_threads: int = 0
+    responses_maxlen: int = DEFAULT_RESPONSES_MAXLEN
+    feedback_maxlen: int = DEFAULT_FEEDBACK_MAXLEN
+    dead_maxlen: int = DEFAULT_DEAD_MAXLEN
+    shutdown_deadline_s: float = DEFAULT_SHUTDOWN_DEADLINE_S
+    repeat_wait_s: float = DEFAULT_REPEAT_WAIT_S
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
-                    "max_deliveries", "claim_idle_ms", "snapshot_every_updates")  # fmt: skip
+                    "max_deliveries", "claim_idle_ms", "snapshot_every_updates", "responses_maxlen",
+                    "feedback_maxlen", "dead_maxlen")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be ≥ 1")
@@ -76,6 +101,8 @@ class ServiceSettings:
             "reward_wait_s",
             "snapshot_every_s",
             "reload_check_s",
+            "shutdown_deadline_s",
+            "repeat_wait_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be > 0 seconds")
@@ -198,6 +225,10 @@ class Keys:
 
     def decision(self, query_id: str) -> str:
         return f"{self.prefix}decision:{query_id}"
+
+    def router_alive(self, consumer: str) -> str:
+        """A router's liveness key: it exists while the router renews its claims."""
+        return f"{self.prefix}router:{consumer}"
 
     def learned(self, query_id: str) -> str:
         return f"{self.prefix}learned:{query_id}"
