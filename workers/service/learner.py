@@ -197,7 +197,8 @@ class Learner:
                 if outcome == "invalid":
                     fields: dict[Any, Any] = {**e.fields, "stage": "feedback", "error": INVALID_FEEDBACK,
                                               "deliveries": str(e.deliveries)}  # fmt: skip
-                    pipe.xadd(self.keys.dead, fields)
+                    pipe.xadd(self.keys.dead, fields, maxlen=self.settings.dead_maxlen,
+                              approximate=True)  # fmt: skip
                     self.m.dead_letters.labels("feedback").inc()
             pipe.xack(self.keys.feedback, LEARNERS_GROUP, *(e.id for e in batch.entries))
             await pipe.execute()
