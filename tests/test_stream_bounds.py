@@ -13,7 +13,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-import workers.service.router
+import workers.service.upkeep
 from bandit.config import RoutingConfig
 from bandit.datasets import Dataset
 from workers.harness.replay_server import ReplayServer
@@ -88,7 +88,7 @@ def test_a_router_caps_responses_and_feedback_and_trims_acknowledged_queries(
 ) -> None:
     ds, cfg = overruling
     keys, n = Keys(prefix), 250
-    monkeypatch.setattr(workers.service.router, "TRIM_EVERY_S", 0.1)
+    monkeypatch.setattr(workers.service.upkeep, "TRIM_EVERY_S", 0.1)
     s = ServiceSettings(redis_url=redis_url, prefix=prefix, block_ms=50, claim_idle_ms=300,
                         embedder_process=False, responses_maxlen=10, feedback_maxlen=120)  # fmt: skip
     svc = Service(s, cfg, roles=("router",), env={"METALLM_REPLAY_URL": replay.url})

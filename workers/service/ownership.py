@@ -158,6 +158,23 @@ class Ownership:
             pipe.xack(self.keys.queries, ROUTERS_GROUP, entry_id)
             await pipe.execute()
 
+    async def settle(self, entry_id: str, qid: str, meta: str, h: Holder, maxlen: int) -> None:
+        """Answer, or leave pending, an entry whose id another entry or router holds."""
+        if h.response:  # answered already: the recorded response, never a second call
+            await self.respond(entry_id, rebuilt(h.response, meta), maxlen)
+        elif h.entry != entry_id:  # a repeated id while the first is out: wait for it
+            self.waiting.setdefault(entry_id, Repeat(entry_id, qid, meta, time.monotonic()))
+        elif not await self.alive(h.owner):
+            # The call may have been made and paid for: it is not made again.
+            error = (f"router {h.owner!r} stopped with the LLM call for this query out; it is "
+                     "not sent again (resubmit under a new id to retry)")  # fmt: skip
+            fields = unanswered(qid, h, meta, error, repeated=False)
+            record = {"label": "", "answered_by": h.arm_name, "fallback": 0, "failed": 1,
+                      "cost_usd": "0.0", "response": json.dumps(fields)}  # fmt: skip
+            await self.respond(entry_id, fields, maxlen, record)
+            log.warning("query %s: %s", qid, error)
+        # else its owner lives and renews it (taking it back from this router): leave it be.
+
     async def settle_waiting(self, wait_s: float, maxlen: int) -> int:
         """Answer the waiting repeats whose first entry has been answered (or that waited
         ``wait_s`` seconds); returns how many were answered."""

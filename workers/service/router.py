@@ -31,10 +31,10 @@ from workers.service.dispatch import Answer, Dispatcher
 from workers.service.embedding import RouterEmbedder
 from workers.service.memory import HeapTrimmer
 from workers.service.metrics import Metrics
-from workers.service.ownership import Holder, Ownership, Repeat, rebuilt, unanswered
+from workers.service.ownership import Holder, Ownership
 from workers.service.providers import Provider
 from workers.service.retry import RetryPolicy
-from workers.service.settings import LEARNERS_GROUP, ROUTERS_GROUP, Keys, ServiceSettings
+from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
     Entry,
     claim_stale,
@@ -42,13 +42,12 @@ from workers.service.streams import (
     ensure_group,
     group_backlog,
     read_new,
-    trim_acknowledged,
 )
+from workers.service.upkeep import keep
 
 log = logging.getLogger(__name__)
 DECISION_GRACE_S = 600  # decision records outlive the reward wait by this much
 REPEAT_CHECK_S = 0.2  # how often repeated ids waiting for their first answer look again
-TRIM_EVERY_S = 10.0  # how often the queries and feedback streams are trimmed
 
 
 class BadQuery(ValueError):
@@ -144,7 +143,6 @@ class Router:
         self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
         self.ownership = Ownership(redis, self.keys, self.consumer, settings.claim_idle_ms)
         self._last_repeat_check = 0.0
-        self._last_trim = 0.0
         self._abandoned: list[str] = []  # query ids whose calls the shutdown deadline cut
         m = metrics
         m.model_version.set(policy.version)
@@ -160,7 +158,9 @@ class Router:
         log.info("router %s reading %s", self.consumer, self.keys.queries)
         embedding: deque[Embedding] = deque()
         kept = asyncio.Event()  # set when the entries need keeping no longer
-        keeper = asyncio.create_task(self._keep(kept), name="router-keeper")
+        keeper = asyncio.create_task(
+            keep(self.ownership, self._kept_ids, self.settings.feedback_maxlen, kept)
+        )
         try:
             while not stop.is_set():
                 self._raise_failure()
@@ -181,8 +181,12 @@ class Router:
             finally:
                 kept.set()
                 await keeper
-                if not self._finishing:
+                with contextlib.suppress(RedisError, OSError):  # its key expires anyway
                     await self.ownership.release()
+
+    def _kept_ids(self) -> set[str]:
+        """The entries this router holds: in progress, or repeats waiting for an answer."""
+        return self._working | self.ownership.waiting.keys()
 
     async def _drain(self, embedding: deque[Embedding], deadline: float) -> None:
         """Finish what was read until ``deadline`` (monotonic seconds), then cancel the calls
@@ -216,35 +220,6 @@ class Router:
                         "queries are left pending for another router", self.consumer,
                         self.settings.shutdown_deadline_s, len(self._abandoned))  # fmt: skip
             await self.ownership.mark_abandoned(self._abandoned)
-
-    async def _keep(self, done: asyncio.Event) -> None:
-        """Until ``done``: renew the claim on the entries being worked on (and this router's
-        liveness key) every third of ``claim_idle_ms``, and trim the streams now and then."""
-        every_s = self.settings.claim_idle_ms / 3000
-        while not done.is_set():
-            try:
-                await self.ownership.renew(self._working | self.ownership.waiting.keys())
-                if time.monotonic() - self._last_trim >= TRIM_EVERY_S:
-                    self._last_trim = time.monotonic()
-                    await self.trim_streams()
-            except (RedisError, OSError) as exc:  # the loop reconnects; try again next tick
-                log.warning("router %s could not renew its claims: %s", self.consumer, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), every_s)
-
-    async def trim_streams(self) -> None:
-        """Drop the queries the routers have acknowledged and the feedback the learners have,
-        and hold the feedback stream to ``feedback_maxlen`` whatever the learners have done
-        (without a learner, the oldest labels go unlearned rather than fill Redis)."""
-        gone = await trim_acknowledged(self.r, self.keys.queries, ROUTERS_GROUP)
-        gone += await trim_acknowledged(self.r, self.keys.feedback, LEARNERS_GROUP)
-        capped = await self.r.xtrim(
-            self.keys.feedback, maxlen=self.settings.feedback_maxlen, approximate=True
-        )
-        if capped:
-            log.warning("feedback stream over %d entries: dropped %d not yet learned",
-                        self.settings.feedback_maxlen, capped)  # fmt: skip
-        log.debug("trimmed %d acknowledged entries", gone)
 
     async def _settle_repeats(self) -> None:
         if time.monotonic() - self._last_repeat_check >= REPEAT_CHECK_S:
@@ -282,9 +257,8 @@ class Router:
         now = time.monotonic()
         if now - self._last_claim >= s.claim_idle_ms / 2000:
             self._last_claim = now
-            working = self._working | self.ownership.waiting.keys()
             entries = await claim_stale(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
-                                        s.claim_idle_ms, s.batch_size, working)  # fmt: skip
+                                        s.claim_idle_ms, s.batch_size, self._kept_ids())  # fmt: skip
         if len(entries) < s.batch_size:
             entries += await read_new(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
                                       s.batch_size - len(entries), s.block_ms if block else None)  # fmt: skip
@@ -338,7 +312,9 @@ class Router:
         for q, h in zip(queries, held, strict=True):
             if h is not None:
                 self._working.discard(q.entry.id)
-                await self._held_elsewhere(q, h)
+                await self.ownership.settle(
+                    q.entry.id, q.id, q.meta, h, self.settings.responses_maxlen
+                )
         self._unanswered += len(mine)
         return Batch([queries[i] for i in mine], [decisions[i] for i in mine], started.started)
 
@@ -404,26 +380,6 @@ class Router:
             if h is None:
                 self.m.explored.labels("explored" if d.explored else "exploited").inc()
         return held
-
-    async def _held_elsewhere(self, q: Query, h: Holder) -> None:
-        """Answer, or leave pending, a query whose id another entry or router holds."""
-        maxlen = self.settings.responses_maxlen
-        if h.response:  # answered already: the recorded response, never a second call
-            await self.ownership.respond(q.entry.id, rebuilt(h.response, q.meta), maxlen)
-        elif h.entry != q.entry.id:  # a repeated id while the first is out: wait for it
-            self.ownership.waiting.setdefault(
-                q.entry.id, Repeat(q.entry.id, q.id, q.meta, time.monotonic())
-            )
-        elif not await self.ownership.alive(h.owner):
-            # The call may have been made and paid: it is not made again.
-            error = (f"router {h.owner!r} stopped with the LLM call for this query out; it is "
-                     "not sent again (resubmit under a new id to retry)")  # fmt: skip
-            fields = unanswered(q.id, h, q.meta, error, repeated=False)
-            record = {"label": "", "answered_by": h.arm_name, "fallback": 0, "failed": 1,
-                      "cost_usd": "0.0", "response": json.dumps(fields)}  # fmt: skip
-            await self.ownership.respond(q.entry.id, fields, maxlen, record)
-            log.warning("query %s: %s", q.id, error)
-        # else its owner is alive and renews it (taking it back from us): leave it be.
 
     async def _write_responses(self, ready: list[tuple[Query, Decision, Answer]]) -> None:
         now = time.time()
