@@ -26,11 +26,13 @@ DEFAULT_REWARD_WAIT_S = 3600
 DEFAULT_SNAPSHOT_EVERY_UPDATES = 100
 DEFAULT_SNAPSHOT_EVERY_S = 10.0
 DEFAULT_RELOAD_CHECK_S = 1.0
-# Stream caps (entries, trimmed with MAXLEN ~ on each XADD). A response holds ~0.5 KB, so a
-# million of them cost ~0.5 GB of Redis memory: hours of traffic at 100 q/s, long enough for
-# any reader that is merely slow, short of an instance that runs out of memory. Feedback
-# entries are smaller and the learner acknowledges them within seconds; the cap only matters
-# with no learner running. Dead letters are read by people: 100k is more than anyone reads.
+# Stream caps (entries, trimmed with MAXLEN ~ on each XADD). Measured with MEMORY USAGE: a
+# response takes ~120 bytes of Redis memory with a one-word answer (overruling's), ~0.5 KB
+# with a few hundred characters of answer, so a million cost 0.1-0.5 GB: hours of traffic
+# at 100 q/s, ample for a reader that is merely slow, and no out-of-memory Redis. A feedback
+# entry takes ~40 bytes (40 MB a million); the learner acknowledges them within seconds and
+# the cap matters only with no learner running. A dead letter holds the query's text (~300
+# bytes for 200 characters): 100k of them (~30 MB) are more than anyone reads.
 DEFAULT_RESPONSES_MAXLEN = 1_000_000
 DEFAULT_FEEDBACK_MAXLEN = 1_000_000
 DEFAULT_DEAD_MAXLEN = 100_000
