@@ -279,3 +279,26 @@ def test_the_shutdown_deadline_leaves_the_calls_out_pending_and_abandoned(
     with replay_server(overruling) as llm:
         run(routers(1, s, cfg, llm.url), after_stop)
         assert llm.requests == n
+
+
+def test_an_entry_claimed_while_its_owner_answered_it_is_only_acknowledged(
+    redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig]
+) -> None:
+    """The owner wrote the response with the record's, in one transaction: a claimer that
+    finds the record answered for its own entry adds no second response."""
+    ds, cfg = overruling
+    keys = Keys(prefix)
+    answered = json.dumps({"id": ds.ids[5], "arm": "gpt-4o", "answer": "Yes", "error": ""})
+
+    async def body(svcs: list[Service], r: aioredis.Redis) -> None:
+        async def acknowledged() -> bool:
+            return int((await r.xpending(keys.queries, "routers"))["pending"]) == 0
+
+        await wait_for(acknowledged)
+        await asyncio.sleep(0.3)
+        assert await r.xlen(keys.responses) == 0
+
+    with replay_server(overruling) as llm:
+        run(routers(1, settings(redis_url, prefix), cfg, llm.url), body,
+            lambda r: orphan(r, keys, ds, response=answered))  # fmt: skip
+        assert llm.requests == 0

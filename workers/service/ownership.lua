@@ -3,13 +3,13 @@
 -- ARGV[1]: the queries-stream entry id, ARGV[2]: this router's consumer name,
 -- ARGV[3]: the record's TTL in seconds, ARGV[4..]: the new record's fields and values.
 -- Returns {'new'} or {'retake'} when this router now owns the id (the record is written),
--- {'answered', response} when the id has been answered, and otherwise
+-- {'answered', response, entry} when the id has been answered, and otherwise
 -- {'pending', entry, owner, arm_name, prob, model_version, explored}.
 local cur = redis.call('HMGET', KEYS[1], 'entry', 'owner', 'response', 'abandoned',
                        'arm_name', 'prob', 'model_version', 'explored')
 local exists = redis.call('EXISTS', KEYS[1]) == 1
 if exists and cur[3] then
-  return {'answered', cur[3]}
+  return {'answered', cur[3], cur[1] or ''}
 end
 -- A call abandoned cleanly at a shutdown deadline never returned: the entry it came from
 -- may take the id over again (another entry with the same id may not).

@@ -5,8 +5,10 @@ that own the id. One Lua script (``ownership.lua``) writes the record only when 
 none, so two routers, or two entries with the same id, never both call. When the id is
 held already:
 
-- it has been answered: the response is rebuilt from the record (``repeated=1``), with the
-  logged ``prob``, so learning from it stays unbiased;
+- it has been answered: another entry with the id gets the response rebuilt from the
+  record (``repeated=1``), with the logged ``prob``, so learning from it stays unbiased; the
+  same entry, claimed while its owner was answering it, is only acknowledged, as the owner
+  wrote its response in the transaction that wrote the record's;
 - the same entry, claimed after its router stopped renewing it: if that router is gone
   (its liveness key expired), the call may have been paid and is not made again: the
   response is an error. If the record says the call was abandoned at a shutdown deadline
@@ -68,7 +70,7 @@ class Holder:
         if words[0] in ("new", "retake"):
             return None
         if words[0] == "answered":
-            return cls(response=words[1])
+            return cls(response=words[1], entry=words[2])
         return cls("", *words[1:7])
 
 
@@ -160,7 +162,11 @@ class Ownership:
 
     async def settle(self, entry_id: str, qid: str, meta: str, h: Holder, maxlen: int) -> None:
         """Answer, or leave pending, an entry whose id another entry or router holds."""
-        if h.response:  # answered already: the recorded response, never a second call
+        if h.response and h.entry == entry_id:
+            # Claimed while its owner was still answering it: the owner wrote the record's
+            # response to the stream in the transaction that acknowledged the entry.
+            await self.r.xack(self.keys.queries, ROUTERS_GROUP, entry_id)
+        elif h.response:  # answered already: the recorded response, never a second call
             await self.respond(entry_id, rebuilt(h.response, meta), maxlen)
         elif h.entry != entry_id:  # a repeated id while the first is out: wait for it
             self.waiting.setdefault(entry_id, Repeat(entry_id, qid, meta, time.monotonic()))
