@@ -142,6 +142,15 @@ class Ownership:
         process under this router's name is gone)."""
         return owner != self.consumer and bool(await self.r.exists(self.keys.router_alive(owner)))
 
+    async def running(self, consumers: set[str]) -> set[str]:
+        """Which of these other routers still renew their claims (for ``claim_stale``)."""
+        names = sorted(consumers)
+        async with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(self.keys.router_alive(name))
+            found = await pipe.execute()
+        return {name for name, n in zip(names, found, strict=True) if n}
+
     async def respond(
         self,
         entry_id: str,

@@ -258,7 +258,8 @@ class Router:
         if now - self._last_claim >= s.claim_idle_ms / 2000:
             self._last_claim = now
             entries = await claim_stale(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
-                                        s.claim_idle_ms, s.batch_size, self._kept_ids())  # fmt: skip
+                                        s.claim_idle_ms, s.batch_size, self._kept_ids(),
+                                        self.ownership.running)  # fmt: skip
         if len(entries) < s.batch_size:
             entries += await read_new(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
                                       s.batch_size - len(entries), s.block_ms if block else None)  # fmt: skip

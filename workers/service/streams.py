@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,16 +77,22 @@ async def claim_stale(
     min_idle_ms: int,
     count: int,
     working: Collection[str] = (),
+    alive: Callable[[set[str]], Awaitable[set[str]]] | None = None,
 ) -> list[Entry]:
     """Take over entries read but not acknowledged for ``min_idle_ms``, with how often each
     has been delivered (claiming counts as a delivery). ``working``: ids this consumer is
     still working on, never claimed again (that would count a delivery that did not happen);
-    its other idle entries, left by an earlier process under the same name, are claimed."""
+    its other idle entries, left by an earlier process under the same name, are claimed.
+    ``alive``: which of the given other consumers are known to be running; their entries
+    are left to them (None: all are taken to be gone)."""
     idle: Any = await r.xpending_range(stream, group, "-", "+", count, idle=min_idle_ms)
+    owners = {_id(p["consumer"]) for p in idle} - {consumer}
+    running = await alive(owners) if alive is not None and owners else set()
     counts = {
         _id(p["message_id"]): int(p["times_delivered"])
         for p in idle
-        if not (_id(p["consumer"]) == consumer and _id(p["message_id"]) in working)
+        if _id(p["consumer"]) not in running
+        and not (_id(p["consumer"]) == consumer and _id(p["message_id"]) in working)
     }
     if not counts:
         return []
