@@ -251,3 +251,21 @@ def test_the_live_prometheus_scrapes_the_demo_with_the_production_rules(tmp_path
 def test_live_options_name_the_bad_value(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         LiveOptions(**kw)
+
+
+def test_grace_periods_outlast_the_shutdown_deadline() -> None:
+    """A router stopped by compose or Kubernetes gets to abandon its calls cleanly (and mark
+    them so) before SIGKILL: the grace period exceeds the default deadline with time to
+    spare."""
+    import yaml
+
+    from workers.service.settings import DEFAULT_SHUTDOWN_DEADLINE_S
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    graces = {"compose": compose["x-worker"]["stop_grace_period"]}
+    for doc in yaml.safe_load_all((DEPLOY / "k8s" / "router.yaml").read_text()):
+        if doc and doc.get("kind") == "Deployment":
+            graces["k8s"] = f"{doc['spec']['template']['spec']['terminationGracePeriodSeconds']}s"
+    assert set(graces) == {"compose", "k8s"}
+    for where, grace in graces.items():
+        assert grace.endswith("s") and float(grace[:-1]) >= DEFAULT_SHUTDOWN_DEADLINE_S + 10, where

@@ -24,6 +24,11 @@ def test_file_then_env_then_options() -> None:
             ServiceSettings.from_env({"METALLM_EMBEDDER_PROCESS": word}).embedder_process is value
         )
     assert ServiceSettings.from_env({}, {"embedder_process": False}).embedder_process is False
+    bounded = ServiceSettings.from_env(
+        {"METALLM_FEEDBACK_MAXLEN": "5000", "METALLM_SHUTDOWN_DEADLINE_S": "12.5"}
+    )
+    assert (bounded.feedback_maxlen, bounded.shutdown_deadline_s) == (5000, 12.5)
+    assert (bounded.responses_maxlen, bounded.dead_maxlen) == (1_000_000, 100_000)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +46,10 @@ def test_file_then_env_then_options() -> None:
         ),
         ({}, {"embedder_process": "no"}, "embedder_process = 'no' must be true or false"),
         ({"METALLM_EMBEDDER_THREADS": "-1"}, None, "embedder_threads = -1 must be ≥ 0"),
+        ({"METALLM_RESPONSES_MAXLEN": "0"}, None, "responses_maxlen = 0 must be ≥ 1"),
+        ({}, {"dead_maxlen": -5}, "dead_maxlen = -5 must be ≥ 1"),
+        ({"METALLM_SHUTDOWN_DEADLINE_S": "0"}, None, "shutdown_deadline_s = 0.0 must be > 0"),
+        ({}, {"repeat_wait_s": 0}, "repeat_wait_s = 0 must be > 0 seconds"),
     ],
 )
 def test_bad_settings(env: dict, file: dict | None, match: str) -> None:

@@ -399,7 +399,7 @@ class Learner:
                     keys=[k.awaiting, *markers], args=[ttl, *todo.settled], client=pipe
                 )
             for fields in todo.dead:
-                pipe.xadd(k.dead, fields)
+                pipe.xadd(k.dead, fields, maxlen=self.settings.dead_maxlen, approximate=True)
             if todo.acks:
                 pipe.xack(k.feedback, LEARNERS_GROUP, *todo.acks)
             await pipe.execute()

@@ -4,12 +4,14 @@ Per batch: read (claimed stale entries first, then new ones), embed the batch at
 decide every query, store the decision records, call the chosen arms concurrently, write
 the responses and acknowledge — a query is acknowledged only after its response is
 written. Batches overlap: the next one embeds while this one is decided and its calls are
-out.
+out. A query id is sent to an LLM once (workers/service/ownership.py); the router renews
+its claim on the entries it works on, so that others claim only a stopped router's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
@@ -29,6 +32,7 @@ from workers.service.dispatch import Answer, Dispatcher, Redraw
 from workers.service.embedding import RouterEmbedder
 from workers.service.memory import HeapTrimmer
 from workers.service.metrics import Metrics
+from workers.service.ownership import Holder, Ownership
 from workers.service.providers import Provider
 from workers.service.retry import RetryPolicy
 from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
@@ -40,8 +44,10 @@ from workers.service.streams import (
     group_backlog,
     read_new,
 )
+from workers.service.upkeep import keep
 
 log = logging.getLogger(__name__)
+REPEAT_CHECK_S = 0.2  # how often repeated ids waiting for their first answer look again
 
 
 class BadQuery(ValueError):
@@ -139,6 +145,9 @@ class Router:
         self._failure: BaseException | None = None  # a finish task's, re-raised by run
         self._embedder_free_at = 0.0  # perf_counter when the embedder last finished a batch
         self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
+        self.ownership = Ownership(redis, self.keys, self.consumer, settings.claim_idle_ms)
+        self._last_repeat_check = 0.0
+        self._abandoned: list[str] = []  # query ids whose calls the shutdown deadline cut
         self._adopt(policy)
 
     # -- the loop ------------------------------------------------------------------------
@@ -146,14 +155,20 @@ class Router:
         """Keep one batch embedding ahead: while the embedder works on batch k+1, batch k is
         decided and recorded, and earlier batches' LLM calls are out. Read on while fewer
         than ``max_in_flight`` queries are decided and unanswered, however small the batches.
-        On stop, finish every batch read (embedding or in flight) before returning."""
+        On stop, finish the batches read (embedding or in flight) within
+        ``shutdown_deadline_s``; what is left then stays pending for another router."""
         await ensure_group(self.r, self.keys.queries, ROUTERS_GROUP)
         log.info("router %s reading %s", self.consumer, self.keys.queries)
         embedding: deque[Embedding] = deque()
+        kept = asyncio.Event()  # set when the entries need keeping no longer
+        keeper = asyncio.create_task(
+            keep(self.ownership, self._kept_ids, self.settings.feedback_maxlen, kept)
+        )
         try:
             while not stop.is_set():
                 self._raise_failure()
                 await self.maybe_reload()
+                await self._settle_repeats()
                 # While a batch embeds, only take what is there already, so that a quiet
                 # stream does not hold it back.
                 entries = await self.read_batch(block=not embedding)
@@ -164,15 +179,57 @@ class Router:
                     self._finish_soon(await self.decide(embedding.popleft()))
                 await self._room()
         finally:
-            while embedding:
-                try:
-                    self._finish_soon(await self.decide(embedding.popleft()))
-                except Exception as exc:  # left pending: another router claims it
-                    log.error("batch failed during shutdown: %s", exc)
-            results = await asyncio.gather(*self._finishing, return_exceptions=True)
-            for result in results:
-                if isinstance(result, Exception):
-                    log.error("batch failed during shutdown: %s", result)
+            try:
+                await self._drain(embedding, time.monotonic() + self.settings.shutdown_deadline_s)
+            finally:
+                kept.set()
+                await keeper
+                with contextlib.suppress(RedisError, OSError):  # its key expires anyway
+                    await self.ownership.release()
+
+    def _kept_ids(self) -> set[str]:
+        """The entries this router holds: in progress, or repeats waiting for an answer."""
+        return self._working | self.ownership.waiting.keys()
+
+    async def _drain(self, embedding: deque[Embedding], deadline: float) -> None:
+        """Finish what was read until ``deadline`` (monotonic seconds), then cancel the calls
+        still out and mark their decisions abandoned: their entries stay pending, and the
+        router that claims them calls again, as these calls never returned."""
+        while embedding and time.monotonic() < deadline:
+            started = embedding.popleft()
+            try:
+                await asyncio.wait_for(asyncio.shield(started.vectors), deadline - time.monotonic())
+                self._finish_soon(await self.decide(started))
+            except TimeoutError:
+                break
+            except Exception as exc:  # left pending: another router claims it
+                log.error("batch failed during shutdown: %s", exc)
+        for started in embedding:  # never decided: no record, claimed like any entry
+            started.vectors.cancel()
+            self._working.difference_update(q.entry.id for q in started.queries)
+        late: set[asyncio.Task[None]] = set()
+        if self._finishing:
+            _, late = await asyncio.wait(
+                set(self._finishing), timeout=max(0.0, deadline - time.monotonic())
+            )
+        for task in late:
+            task.cancel()
+        results = await asyncio.gather(*self._finishing, *late, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("batch failed during shutdown: %s", result)
+        if self._abandoned:
+            log.warning("router %s: shutdown deadline (%g s) cut %d LLM calls short; their "
+                        "queries are left pending for another router", self.consumer,
+                        self.settings.shutdown_deadline_s, len(self._abandoned))  # fmt: skip
+            await self.ownership.mark_abandoned(self._abandoned)
+
+    async def _settle_repeats(self) -> None:
+        if time.monotonic() - self._last_repeat_check >= REPEAT_CHECK_S:
+            self._last_repeat_check = time.monotonic()
+            await self.ownership.settle_waiting(
+                self.settings.repeat_wait_s, self.settings.responses_maxlen
+            )
 
     def _finish_soon(self, batch: Batch) -> None:
         task = asyncio.create_task(self.finish(batch))
@@ -203,9 +260,9 @@ class Router:
         now = time.monotonic()
         if now - self._last_claim >= s.claim_idle_ms / 2000:
             self._last_claim = now
-            claimed = await claim_stale(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
-                                        s.claim_idle_ms, s.batch_size)  # fmt: skip
-            entries = [e for e in claimed if e.id not in self._working]
+            entries = await claim_stale(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
+                                        s.claim_idle_ms, s.batch_size, self._kept_ids(),
+                                        self.ownership.running)  # fmt: skip
         if len(entries) < s.batch_size:
             entries += await read_new(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
                                       s.batch_size - len(entries), s.block_ms if block else None)  # fmt: skip
@@ -258,9 +315,17 @@ class Router:
             decisions = self.policy.decide_lines(
                 shared, available=healthy if healthy.any() else None
             )
-        await self._store_decisions(queries, decisions, shared)
-        self._unanswered += len(queries)
-        return Batch(queries, decisions, shared, started.started)
+        held = await self._store_decisions(queries, decisions, shared)
+        mine = [i for i, h in enumerate(held) if h is None]
+        for q, h in zip(queries, held, strict=True):
+            if h is not None:
+                self._working.discard(q.entry.id)
+                await self.ownership.settle(
+                    q.entry.id, q.id, q.meta, h, self.settings.responses_maxlen
+                )
+        self._unanswered += len(mine)
+        return Batch([queries[i] for i in mine], [decisions[i] for i in mine],
+                     [shared[i] for i in mine], started.started)  # fmt: skip
 
     def _redraw(self, shared: str) -> Redraw:
         """A new decision for one query over the arms of a mask, after its arm failed."""
@@ -290,6 +355,9 @@ class Router:
                     self._working.discard(q.entry.id)
                     self.m.latency.observe(elapsed)
                 self.answered += len(ready)
+        except asyncio.CancelledError:  # the shutdown deadline: these calls never returned
+            self._abandoned += [calls[t][0].id for t in pending if not t.done()]
+            raise
         finally:
             for t in pending:  # only when writing failed: these stay pending for a claim
                 t.cancel()
@@ -300,23 +368,29 @@ class Router:
 
     # -- steps ---------------------------------------------------------------------------
     async def _dead(self, entry: Entry, stage: str, error: str) -> None:
-        await dead_letter(
-            self.r, self.keys.dead, self.keys.queries, ROUTERS_GROUP, entry, stage, error
-        )
+        await dead_letter(self.r, self.keys.dead, self.keys.queries, ROUTERS_GROUP, entry, stage,
+                          error, maxlen=self.settings.dead_maxlen)  # fmt: skip
         self.m.dead_letters.labels(stage).inc()
 
     async def _store_decisions(
         self, queries: list[Query], decisions: list[Decision], shared: list[str]
-    ) -> None:
+    ) -> list[Holder | None]:
+        """Store each decision record unless its id has one already: None where this router
+        now owns the id, else who holds it."""
         ttl = self.settings.decision_ttl_s()
         async with self.r.pipeline(transaction=False) as pipe:
             for q, d, line in zip(queries, decisions, shared, strict=True):
-                key = self.keys.decision(q.id)
-                pipe.hset(key, mapping={"shared": line, **self._drawn(d), "p": repr(self.policy.config.p),
-                                        "labels": json.dumps(q.labels), "decided_at": repr(time.time())})  # fmt: skip
-                pipe.expire(key, ttl)
+                await self.ownership.take(pipe, q.id, q.entry.id, ttl, {
+                    "shared": line, **self._drawn(d), "p": repr(self.policy.config.p),
+                    "labels": json.dumps(q.labels), "decided_at": repr(time.time()),
+                    "explored": int(d.explored),
+                })  # fmt: skip
+            replies = await pipe.execute()
+        held = [Holder.from_reply(reply) for reply in replies]
+        for d, h in zip(decisions, held, strict=True):
+            if h is None:
                 self.m.explored.labels("explored" if d.explored else "exploited").inc()
-            await pipe.execute()
+        return held
 
     def _drawn(self, d: Decision) -> dict[Any, Any]:
         """A decision record's fields that say what was drawn, and with what probability."""
@@ -346,10 +420,11 @@ class Router:
                 }  # fmt: skip
                 if q.meta:
                     fields["meta"] = q.meta
-                pipe.xadd(self.keys.responses, fields)
+                pipe.xadd(self.keys.responses, fields, maxlen=self.settings.responses_maxlen,
+                          approximate=True)  # fmt: skip
                 key = self.keys.decision(q.id)
                 outcome: dict[Any, Any] = {"label": label, "answered_by": arm.name, "failed": int(c is None),
-                                           "cost_usd": repr(cost)}  # fmt: skip
+                                           "cost_usd": repr(cost), "response": json.dumps(fields)}  # fmt: skip
                 if a.fell_back:
                     outcome.update(self._drawn(d), redrawn=1)
                 pipe.hset(key, mapping=outcome)

@@ -39,6 +39,21 @@ DECISION_GRACE_S = 600  # decision records outlive the reward wait by this much
 # set after the record was written (at the learner's commit) with the record's TTL plus this,
 # so a label for that id can never find the record without the marker.
 MARKER_MARGIN_S = 600
+# Stream caps (entries, trimmed with MAXLEN ~ on each XADD). Measured with MEMORY USAGE: a
+# response takes ~120 bytes of Redis memory with a one-word answer (overruling's), ~0.5 KB
+# with a few hundred characters of answer, so a million cost 0.1-0.5 GB: hours of traffic
+# at 100 q/s, ample for a reader that is merely slow, and no out-of-memory Redis. A feedback
+# entry takes ~40 bytes (40 MB a million); the learner acknowledges them within seconds and
+# the cap matters only with no learner running. A dead letter holds the query's text (~300
+# bytes for 200 characters): 100k of them (~30 MB) are more than anyone reads.
+DEFAULT_RESPONSES_MAXLEN = 1_000_000
+DEFAULT_FEEDBACK_MAXLEN = 1_000_000
+DEFAULT_DEAD_MAXLEN = 100_000
+# Below the 60 s grace period of deploy/compose.yaml and deploy/k8s/*.yaml, leaving 15 s to
+# mark what is left abandoned, save the model and close before SIGKILL.
+DEFAULT_SHUTDOWN_DEADLINE_S = 45.0
+# How long a repeated query id waits for the outcome of its first entry's LLM call.
+DEFAULT_REPEAT_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,11 @@ class ServiceSettings:
     ``breaker_failures`` failed calls in a row take an arm out of the decision for
     ``breaker_cooldown_s``; a query with no healthy arm left waits up to ``no_arm_wait_s``
     for one before its error response (workers/service/breaker.py, dispatch.py).
+    ``responses_maxlen``, ``feedback_maxlen``, ``dead_maxlen``: the most entries those
+    streams keep (approximately; the oldest go first). ``shutdown_deadline_s``: how long a
+    stopping router waits for its LLM calls before it abandons the rest (left pending for
+    another router, which sends them again). ``repeat_wait_s``: how long a query whose id is
+    already being answered waits for that answer before it gets an error.
 
     ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
     exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
@@ -83,10 +103,16 @@ class ServiceSettings:
     accuracy_floor: float = 0.0
     embedder_process: bool = True
     embedder_threads: int = 0
+    responses_maxlen: int = DEFAULT_RESPONSES_MAXLEN
+    feedback_maxlen: int = DEFAULT_FEEDBACK_MAXLEN
+    dead_maxlen: int = DEFAULT_DEAD_MAXLEN
+    shutdown_deadline_s: float = DEFAULT_SHUTDOWN_DEADLINE_S
+    repeat_wait_s: float = DEFAULT_REPEAT_WAIT_S
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
-                    "max_deliveries", "claim_idle_ms", "snapshot_every_updates", "breaker_failures")  # fmt: skip
+                    "max_deliveries", "claim_idle_ms", "snapshot_every_updates", "breaker_failures",
+                    "responses_maxlen", "feedback_maxlen", "dead_maxlen")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be ≥ 1")
@@ -97,6 +123,8 @@ class ServiceSettings:
             "snapshot_every_s",
             "reload_check_s",
             "breaker_cooldown_s",
+            "shutdown_deadline_s",
+            "repeat_wait_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be > 0 seconds")
@@ -232,6 +260,10 @@ class Keys:
 
     def decision(self, query_id: str) -> str:
         return f"{self.prefix}decision:{query_id}"
+
+    def router_alive(self, consumer: str) -> str:
+        """A router's liveness key: it exists while the router renews its claims."""
+        return f"{self.prefix}router:{consumer}"
 
     def learned(self, query_id: str) -> str:
         return f"{self.prefix}learned:{query_id}"

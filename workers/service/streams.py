@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
+RENEW_CHUNK = 1000  # entry ids per XCLAIM
 
 
 @dataclass(frozen=True)
@@ -82,21 +83,47 @@ def parse_autoclaim(reply: Sequence[Any]) -> tuple[str, list[tuple[str, dict[str
 
 
 async def claim_stale(
-    r: aioredis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    r: aioredis.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    min_idle_ms: int,
+    count: int,
+    working: Collection[str] = (),
+    alive: Callable[[set[str]], Awaitable[set[str]]] | None = None,
 ) -> list[Entry]:
-    """Take over entries another consumer read but did not acknowledge for ``min_idle_ms``,
-    with how often each has been delivered (claiming counts as a delivery)."""
-    raw = await r.execute_command(
-        "XAUTOCLAIM", stream, group, consumer, min_idle_ms, "0-0", "COUNT", count
-    )
-    _, claimed = parse_autoclaim(raw)
-    if not claimed:
+    """Take over entries read but not acknowledged for ``min_idle_ms``, with how often each
+    has been delivered (claiming counts as a delivery). ``working``: ids this consumer is
+    still working on, never claimed again (that would count a delivery that did not happen);
+    its other idle entries, left by an earlier process under the same name, are claimed.
+    ``alive``: which of the given other consumers are known to be running; their entries
+    are left to them (None: all are taken to be gone)."""
+    idle: Any = await r.xpending_range(stream, group, "-", "+", count, idle=min_idle_ms)
+    owners = {_id(p["consumer"]) for p in idle} - {consumer}
+    running = await alive(owners) if alive is not None and owners else set()
+    counts = {
+        _id(p["message_id"]): int(p["times_delivered"])
+        for p in idle
+        if _id(p["consumer"]) not in running
+        and not (_id(p["consumer"]) == consumer and _id(p["message_id"]) in working)
+    }
+    if not counts:
         return []
-    pending = await r.xpending_range(
-        stream, group, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) * 2
-    )
-    deliveries = {_id(p["message_id"]): int(p["times_delivered"]) for p in pending}
-    return [Entry(eid, f, deliveries.get(eid, 1)) for eid, f in claimed]
+    # XCLAIM checks the idle time again: an entry claimed or renewed meanwhile stays put.
+    # Entries deleted from the stream are dropped from the pending list and not returned.
+    ids: list[Any] = list(counts)
+    claimed: Any = await r.xclaim(stream, group, consumer, min_idle_ms, ids)
+    return [Entry(_id(eid), _decode(f), counts[_id(eid)] + 1) for eid, f in claimed if f]
+
+
+async def renew_claims(
+    r: aioredis.Redis, stream: str, group: str, consumer: str, ids: Collection[str]
+) -> None:
+    """Reset the idle time of entries this consumer is working on, so that no one else
+    claims them; JUSTID does not count a delivery."""
+    batch: list[Any] = list(ids)
+    for start in range(0, len(batch), RENEW_CHUNK):
+        await r.xclaim(stream, group, consumer, 0, batch[start : start + RENEW_CHUNK], justid=True)
 
 
 async def dead_letter(
@@ -107,8 +134,10 @@ async def dead_letter(
     entry: Entry,
     stage: str,
     error: str,
+    maxlen: int | None = None,
 ) -> None:
-    """Move an entry to the dead-letter stream with the reason, and acknowledge it."""
+    """Move an entry to the dead-letter stream (kept to about ``maxlen`` entries, None: no
+    bound) with the reason, and acknowledge it."""
     fields: dict[Any, Any] = {
         **entry.fields,
         "stage": stage,
@@ -116,7 +145,7 @@ async def dead_letter(
         "deliveries": str(entry.deliveries),
     }
     async with r.pipeline(transaction=True) as pipe:
-        pipe.xadd(dead_stream, fields)
+        pipe.xadd(dead_stream, fields, maxlen=maxlen, approximate=True)
         pipe.xack(stream, group, entry.id)
         await pipe.execute()
     log.warning("dead letter %s from %s at %s: %s", entry.id, stream, stage, error)
@@ -134,3 +163,34 @@ async def group_backlog(r: aioredis.Redis, stream: str, group: str) -> tuple[int
             lag = g.get("lag")
             return (int(lag) if lag is not None else None), int(g.get("pending", 0))
     return None, 0
+
+
+def _older(a: str, b: str) -> str:
+    """The older of two stream ids."""
+    ka, kb = (tuple(int(x) for x in i.split("-")) for i in (a, b))
+    return a if ka <= kb else b
+
+
+async def trim_acknowledged(r: aioredis.Redis, stream: str, group: str) -> int:
+    """Drop the entries of ``stream`` that ``group`` has acknowledged: everything older than
+    both its oldest pending entry and the first entry not yet delivered to it (approximately:
+    Redis trims whole nodes, so it keeps a few more). Nothing else reads these streams; with
+    no such group nothing is trimmed. Returns how many entries went."""
+    try:
+        async with r.pipeline(transaction=True) as pipe:  # one view of the group
+            pipe.xinfo_groups(stream)
+            pipe.xpending(stream, group)
+            groups, pending = await pipe.execute()
+    except ResponseError:  # no stream or no such group
+        return 0
+    info = next((g for g in groups if _id(g.get("name")) == group), None)
+    if info is None:
+        return 0
+    # Entries after last-delivered-id are undelivered; keeping the last delivered one too
+    # costs one entry and spares working out the id after it.
+    keep_from = _id(info["last-delivered-id"])
+    if int(pending.get("pending", 0)) and pending.get("min") is not None:
+        keep_from = _older(keep_from, _id(pending["min"]))
+    if keep_from == "0-0":
+        return 0
+    return int(await r.xtrim(stream, minid=keep_from, approximate=True))
