@@ -135,10 +135,13 @@ class LoggedDecision:
 class MetricEstimate:
     """One quantity under one policy, in its units (accuracy as a fraction, cost in USD
     per 10k queries). ``value``: SNIPS; ``ips``: IPS; each interval a (lo, hi) pair at
-    level 1 − alpha, (None, None) before enough labels; ``cs`` None in the window."""
+    level 1 − alpha, (None, None) where undefined (bandit/ope_tally.py's Reading); ``cs``
+    None in the window. ``snips_gaussian`` (around ``value``) is the one to show; see
+    scripts/ope_coverage.py for how often each covered the truth."""
 
     value: float | None
     ips: float | None
+    snips_gaussian: tuple[float | None, float | None]
     gaussian: tuple[float | None, float | None]
     clopper_pearson: tuple[float | None, float | None]
     cs: tuple[float | None, float | None] | None
@@ -149,6 +152,7 @@ class MetricEstimate:
         return cls(
             d["value"],
             d["ips"],
+            tuple(d["snips_gaussian"]),
             tuple(d["gaussian"]),
             tuple(d["clopper_pearson"]),
             None if d["cs"] is None else tuple(d["cs"]),

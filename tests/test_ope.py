@@ -119,6 +119,9 @@ def test_hand_worked_figures() -> None:
     est = ev.estimate("always:a")
     assert (est.acc.ips, est.acc.value) == pytest.approx((0.3125, 0.2))
     assert (est.cost_per_10k.ips, est.cost_per_10k.value) == pytest.approx((181.25, 116.0))
+    # SNIPS's delta-method σ² = Σ w²(r − V)² / (Σ w)² = (1.25²·0.8² + 5²·0.2²) / 6.25² = 0.0512
+    half = 1.959964 * 0.0512**0.5
+    assert est.acc.snips_gaussian == pytest.approx((0.0, 0.2 + half))  # clipped at 0
     live = ev.estimate(LIVE)  # on-policy: the plain mean of what it got
     assert (live.acc.value, live.cost_per_10k.value) == pytest.approx((0.5, 70.0))
 
@@ -146,6 +149,9 @@ def test_intervals_hold_their_point_estimates() -> None:
         for est in ev.estimates(scope):
             for m, top in ((est.acc, 1.0), (est.cost_per_10k, CAP * PER_10K)):
                 assert m.value is not None and m.ips is not None
+                lo, hi = m.snips_gaussian
+                assert lo is not None and hi is not None
+                assert 0 <= lo <= m.value <= hi <= top
                 lo, hi = m.gaussian
                 assert lo is not None and hi is not None
                 assert 0 <= lo <= m.value <= hi <= top
@@ -182,6 +188,7 @@ def test_window_holds_the_last_blocks() -> None:
         want = fresh.estimate(policy)
         assert window.acc.value == pytest.approx(want.acc.value)
         assert window.acc.gaussian == pytest.approx(want.acc.gaussian)
+        assert window.acc.snips_gaussian == pytest.approx(want.acc.snips_gaussian)
         assert window.cost_per_10k.clopper_pearson == pytest.approx(
             want.cost_per_10k.clopper_pearson
         )
@@ -322,3 +329,14 @@ def test_bad_decisions_are_refused(decision: LoggedDecision, shadow: object, mat
 def test_bad_settings_are_refused(changes: dict[str, object], match: str) -> None:
     with pytest.raises(Exception, match=match):
         config(**changes)
+
+
+def test_clopper_pearson_undefined_once_ips_passes_one() -> None:
+    """Two rows where arm a, drawn with probability 0.01, was right: IPS = 100 and the
+    library's Clopper-Pearson gives NaN; it is reported as undefined, never as NaN."""
+    ev = evaluator()
+    pmf = np.array([0.01, 0.49, 0.5])
+    feed(ev, [LoggedDecision(pmf, 0, 1.0, 0.001)] * 2)
+    acc = ev.estimate(arm_policy("a")).acc
+    assert acc.ips == pytest.approx(100.0) and acc.value == pytest.approx(1.0)
+    assert acc.clopper_pearson[0] is None
