@@ -52,6 +52,7 @@ STATE_VERSION = 1
 PMF_TOLERANCE = 1e-6  # how far a logged pmf's sum may be from 1
 LIVE = "live"
 SCOPES = ("cumulative", "window")
+CS_MODES = ("promotion", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,11 @@ class OPEConfig:
     ``p_grid``: the p values of the greedy targets. ``window_labels`` /
     ``window_blocks``: the recent window (see bandit/ope_tally.py); the first must be a
     multiple of the second. ``alpha``: 1 − the intervals' level.
-    ``confidence_sequence``: keep the cumulative confidence sequence too (it costs about
-    as much per label as the other estimators together).
+    ``confidence_sequence``: which targets keep the cumulative confidence sequence:
+    ``promotion`` (default) the live policy and the shadows, whose comparison decides a
+    promotion that is checked again at every label, which only an anytime-valid bound
+    allows; ``all``; or ``none``. It costs about 3× the other estimators together per
+    target and label (scripts/ope_coverage.py prints the time per label).
     """
 
     arm_names: tuple[str, ...]
@@ -73,7 +77,7 @@ class OPEConfig:
     window_labels: int = DEFAULT_WINDOW_LABELS
     window_blocks: int = DEFAULT_WINDOW_BLOCKS
     alpha: float = DEFAULT_ALPHA
-    confidence_sequence: bool = True
+    confidence_sequence: str = "promotion"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arm_names", tuple(self.arm_names))
@@ -93,6 +97,11 @@ class OPEConfig:
             raise EstimatorError(
                 f"ope.window_labels = {self.window_labels} must be a multiple of "
                 f"window_blocks = {self.window_blocks}"
+            )
+        if self.confidence_sequence not in CS_MODES:
+            raise EstimatorError(
+                f"ope.confidence_sequence = {self.confidence_sequence!r} is not one of: "
+                f"{', '.join(CS_MODES)}"
             )
         if not 0 < self.alpha < 1:
             raise EstimatorError(f"ope.alpha = {self.alpha} must be in (0, 1)")
@@ -136,12 +145,11 @@ class MetricEstimate:
     """One quantity under one policy, in its units (accuracy as a fraction, cost in USD
     per 10k queries). ``value``: SNIPS; ``ips``: IPS; each interval a (lo, hi) pair at
     level 1 − alpha, (None, None) where undefined (bandit/ope_tally.py's Reading); ``cs``
-    None in the window. ``snips_gaussian`` (around ``value``) is the one to show; see
-    scripts/ope_coverage.py for how often each covered the truth."""
+    None in the window and where not kept. How often each covered the truth on recorded
+    data: scripts/ope_coverage.py."""
 
     value: float | None
     ips: float | None
-    snips_gaussian: tuple[float | None, float | None]
     gaussian: tuple[float | None, float | None]
     clopper_pearson: tuple[float | None, float | None]
     cs: tuple[float | None, float | None] | None
@@ -152,7 +160,6 @@ class MetricEstimate:
         return cls(
             d["value"],
             d["ips"],
-            tuple(d["snips_gaussian"]),
             tuple(d["gaussian"]),
             tuple(d["clopper_pearson"]),
             None if d["cs"] is None else tuple(d["cs"]),
@@ -202,7 +209,7 @@ class OffPolicyEvaluator:
         self._shadows: list[str] = []
         self._tallies: dict[str, tuple[Tally, Tally]] = {}
         for name in self._fixed_policies():
-            self._tallies[name] = self._new_pair()
+            self._tallies[name] = self._new_pair(name)
 
     # -- the set of target policies ----------------------------------------------------
     @property
@@ -225,11 +232,14 @@ class OffPolicyEvaluator:
             *(greedy_policy(p) for p in self.config.p_grid),
         ]
 
-    def _new_pair(self) -> tuple[Tally, Tally]:
+    def _new_pair(self, name: str) -> tuple[Tally, Tally]:
         cfg = self.config
+        with_cs = cfg.confidence_sequence == "all" or (
+            cfg.confidence_sequence == "promotion" and (name == LIVE or name.startswith("shadow:"))
+        )
         return (
-            Tally(cfg.block_size, cfg.window_blocks, with_cs=cfg.confidence_sequence),
-            Tally(cfg.block_size, cfg.window_blocks, with_cs=cfg.confidence_sequence),
+            Tally(cfg.block_size, cfg.window_blocks, with_cs=with_cs),
+            Tally(cfg.block_size, cfg.window_blocks, with_cs=with_cs),
         )
 
     def add_shadow(self, name: str) -> None:
@@ -237,7 +247,7 @@ class OffPolicyEvaluator:
         if not name or name in self._shadows:
             raise EstimatorError(f"shadow candidate {name!r} is empty or already registered")
         self._shadows.append(name)
-        self._tallies[shadow_policy(name)] = self._new_pair()
+        self._tallies[shadow_policy(name)] = self._new_pair(shadow_policy(name))
 
     def remove_shadow(self, name: str) -> None:
         if name not in self._shadows:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from statistics import NormalDist
 from typing import Any
 
 from estimators.bandits import clopper_pearson, cs, gaussian, ips, snips
@@ -103,10 +102,9 @@ def _load_cs(data: Any) -> cs.Interval:
 
 class _Sums:
     """SNIPS, IPS and the Gaussian and Clopper-Pearson intervals over one span of labels;
-    spans add up with the library's ``+``. ``w2``: [Σ w², Σ w²·r, Σ w²·r²], the sums of
-    the SNIPS interval, which the library lacks."""
+    spans add up with the library's ``+``."""
 
-    __slots__ = ("cp", "gauss", "ips", "n", "snips", "w2")
+    __slots__ = ("cp", "gauss", "ips", "n", "snips")
 
     def __init__(self) -> None:
         self.n = 0
@@ -114,7 +112,6 @@ class _Sums:
         self.ips = ips.Estimator()
         self.gauss = gaussian.Interval()
         self.cp = clopper_pearson.Interval()
-        self.w2 = [0.0, 0.0, 0.0]
 
     def add(self, p_log: float, r: float, p_pred: float) -> None:
         self.n += 1
@@ -122,21 +119,6 @@ class _Sums:
         self.ips.add_example(p_log, r, p_pred)
         self.gauss.add_example(p_log, r, p_pred)
         self.cp.add_example(p_log, r, p_pred)
-        w2 = (p_pred / p_log) ** 2
-        self.w2[0] += w2
-        self.w2[1] += w2 * r
-        self.w2[2] += w2 * r * r
-
-    def snips_interval(self, alpha: float) -> Bounds:
-        """SNIPS ± z·σ with the delta-method variance of a ratio estimator,
-        σ² = Σ w²·(r − V)² / (Σ w)² (V = SNIPS); undefined below 2 weighted labels."""
-        value, total = self.snips.get(), self.snips.weighted_examples_count
-        if value is None or self.n < 2 or total <= 0:
-            return (None, None)
-        sw2, sw2r, sw2r2 = self.w2
-        var = max(sw2r2 - 2 * value * sw2r + value * value * sw2, 0.0) / total**2
-        half = NormalDist().inv_cdf(1 - alpha / 2) * math.sqrt(var)
-        return (value - half, value + half)
 
     def __add__(self, other: _Sums) -> _Sums:
         out = _Sums()
@@ -145,7 +127,6 @@ class _Sums:
         out.ips = self.ips + other.ips
         out.gauss = self.gauss + other.gauss
         out.cp = self.cp + other.cp
-        out.w2 = [a + b for a, b in zip(self.w2, other.w2, strict=True)]
         return out
 
     def to_state(self) -> dict[str, Any]:
@@ -155,7 +136,6 @@ class _Sums:
             "ips": _dump(self.ips),
             "gaussian": _dump(self.gauss),
             "clopper_pearson": _dump(self.cp),
-            "snips_w2": list(self.w2),
         }
 
     @classmethod
@@ -168,29 +148,24 @@ class _Sums:
         out.ips = _load(ips.Estimator, data.get("ips"))
         out.gauss = _load(gaussian.Interval, data.get("gaussian"))
         out.cp = _load(clopper_pearson.Interval, data.get("clopper_pearson"))
-        w2 = data.get("snips_w2")
-        if not isinstance(w2, list) or len(w2) != 3:
-            raise EstimatorError(f"snips_w2 = {w2!r} must be [Σ w², Σ w²·r, Σ w²·r²]")
-        out.w2 = [float(x) for x in w2]
         return out
 
 
 class Reading:
     """What a Tally says over one span, on the [0, 1] scale it was fed.
 
-    ``value``: SNIPS; ``ips``: IPS; ``snips_gaussian``, ``gaussian``, ``clopper_pearson``,
-    ``cs``: (lo, hi) at level 1 − alpha, clipped to [0, 1] (None where undefined: too few
-    labels, no confidence sequence kept, or Clopper-Pearson once IPS exceeds 1).
+    ``value``: SNIPS; ``ips``: IPS; ``gaussian``, ``clopper_pearson``, ``cs``: (lo, hi) at
+    level 1 − alpha, clipped to [0, 1] (None where undefined: too few labels, or
+    Clopper-Pearson once Σ w·r passes n + max w); ``cs`` is None where not kept.
     ``n``: labels in the span.
     """
 
-    __slots__ = ("clopper_pearson", "cs", "gaussian", "ips", "n", "snips_gaussian", "value")
+    __slots__ = ("clopper_pearson", "cs", "gaussian", "ips", "n", "value")
 
     def __init__(self, sums: _Sums, alpha: float, cs_bounds: Bounds | None) -> None:
         self.n = sums.n
         self.value: float | None = sums.snips.get()
         self.ips: float | None = sums.ips.get()
-        self.snips_gaussian = _clip(sums.snips_interval(alpha))
         lo, hi = sums.gauss.get(alpha)
         if lo is not None and hi is not None and self.value is not None:
             lo, hi = min(lo, self.value), max(hi, self.value)
@@ -212,7 +187,6 @@ class Reading:
             "n": self.n,
             "value": mul(self.value),
             "ips": mul(self.ips),
-            "snips_gaussian": pair(self.snips_gaussian),
             "gaussian": pair(self.gaussian),
             "clopper_pearson": pair(self.clopper_pearson),
             "cs": pair(self.cs),

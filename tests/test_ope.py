@@ -53,6 +53,7 @@ def config(**changes: object) -> OPEConfig:
         "p_grid": (0.0, 1.0),
         "window_labels": 4,
         "window_blocks": 2,
+        "confidence_sequence": "all",
     }
     return OPEConfig(**{**base, **changes})  # type: ignore[arg-type]
 
@@ -119,9 +120,8 @@ def test_hand_worked_figures() -> None:
     est = ev.estimate("always:a")
     assert (est.acc.ips, est.acc.value) == pytest.approx((0.3125, 0.2))
     assert (est.cost_per_10k.ips, est.cost_per_10k.value) == pytest.approx((181.25, 116.0))
-    # SNIPS's delta-method σ² = Σ w²(r − V)² / (Σ w)² = (1.25²·0.8² + 5²·0.2²) / 6.25² = 0.0512
-    half = 1.959964 * 0.0512**0.5
-    assert est.acc.snips_gaussian == pytest.approx((0.0, 0.2 + half))  # clipped at 0
+    # the library's Gaussian interval of IPS: w·r = (1.25, 0, 0, 0), sample sd / √n = 0.3125
+    assert est.acc.gaussian == pytest.approx((0.0, 0.3125 + 1.959964 * 0.3125))  # clipped
     live = ev.estimate(LIVE)  # on-policy: the plain mean of what it got
     assert (live.acc.value, live.cost_per_10k.value) == pytest.approx((0.5, 70.0))
 
@@ -149,9 +149,6 @@ def test_intervals_hold_their_point_estimates() -> None:
         for est in ev.estimates(scope):
             for m, top in ((est.acc, 1.0), (est.cost_per_10k, CAP * PER_10K)):
                 assert m.value is not None and m.ips is not None
-                lo, hi = m.snips_gaussian
-                assert lo is not None and hi is not None
-                assert 0 <= lo <= m.value <= hi <= top
                 lo, hi = m.gaussian
                 assert lo is not None and hi is not None
                 assert 0 <= lo <= m.value <= hi <= top
@@ -188,7 +185,6 @@ def test_window_holds_the_last_blocks() -> None:
         want = fresh.estimate(policy)
         assert window.acc.value == pytest.approx(want.acc.value)
         assert window.acc.gaussian == pytest.approx(want.acc.gaussian)
-        assert window.acc.snips_gaussian == pytest.approx(want.acc.snips_gaussian)
         assert window.cost_per_10k.clopper_pearson == pytest.approx(
             want.cost_per_10k.clopper_pearson
         )
@@ -324,6 +320,7 @@ def test_bad_decisions_are_refused(decision: LoggedDecision, shadow: object, mat
         ({"window_labels": 10, "window_blocks": 3}, "multiple"),
         ({"window_labels": 2, "window_blocks": 3}, "window_blocks ≤ window_labels"),
         ({"alpha": 1.0}, "alpha = 1.0"),
+        ({"confidence_sequence": True}, "not one of: promotion, all, none"),
     ],
 )
 def test_bad_settings_are_refused(changes: dict[str, object], match: str) -> None:
@@ -340,3 +337,16 @@ def test_clopper_pearson_undefined_once_ips_passes_one() -> None:
     acc = ev.estimate(arm_policy("a")).acc
     assert acc.ips == pytest.approx(100.0) and acc.value == pytest.approx(1.0)
     assert acc.clopper_pearson[0] is None
+
+
+def test_confidence_sequence_by_default_only_where_promotion_looks() -> None:
+    ev = OffPolicyEvaluator(config(confidence_sequence="promotion"), COSTS)
+    ev.add_shadow("uniform")
+    feed(ev, decisions())
+    kept = {e.policy for e in ev.estimates() if e.acc.cs is not None}
+    assert kept == {LIVE, shadow_policy("uniform")}
+    restored = OffPolicyEvaluator.from_state(json.loads(json.dumps(ev.to_state())))
+    assert restored.estimates() == ev.estimates()
+    none = OffPolicyEvaluator(config(confidence_sequence="none"), COSTS)
+    feed(none, decisions())
+    assert all(e.acc.cs is None and e.cost_per_10k.cs is None for e in none.estimates())
