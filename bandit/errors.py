@@ -30,3 +30,7 @@ class EmbedderError(MetalLMError, RuntimeError):
 
 class PolicyError(MetalLMError, ValueError):
     """The policy was asked something it cannot do (bad input, incompatible snapshot)."""
+
+
+class EstimatorError(MetalLMError, ValueError):
+    """A logged decision or a saved state the off-policy estimators cannot use."""
