@@ -26,6 +26,13 @@ DEFAULT_REWARD_WAIT_S = 3600
 DEFAULT_SNAPSHOT_EVERY_UPDATES = 100
 DEFAULT_SNAPSHOT_EVERY_S = 10.0
 DEFAULT_RELOAD_CHECK_S = 1.0
+# Reconnecting to a lost Redis: an outage lasts seconds (a restart replays its AOF), not the
+# milliseconds an LLM call's retry waits, so the waits grow to a few seconds.
+DEFAULT_RECONNECT_BASE_S = 0.2
+DEFAULT_RECONNECT_CAP_S = 5.0
+# After the first stop signal, how long a worker still waits for a lost Redis to write the
+# work in flight: below the 60 s grace period of deploy/ (compose, Kubernetes).
+DEFAULT_STOP_GRACE_S = 45.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,12 @@ class ServiceSettings:
     ``embedder_threads``: the model's threads per batch (0 = one per core).
 
     ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
-    exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
+    exported as gauges (0 = not configured) for the alerts on spend and accuracy.
+
+    ``reconnect_base_s`` and ``reconnect_cap_s``: the capped exponential backoff (full
+    jitter, seconds) between PINGs to a lost Redis; ``stop_grace_s``: after the first stop
+    signal, how long (seconds) a worker still waits for a lost Redis to write its work in
+    flight before it gives up and leaves that work pending for another worker."""
 
     redis_url: str = DEFAULT_REDIS_URL
     prefix: str = DEFAULT_PREFIX
@@ -63,6 +75,9 @@ class ServiceSettings:
     accuracy_floor: float = 0.0
     embedder_process: bool = True
     embedder_threads: int = 0
+    reconnect_base_s: float = DEFAULT_RECONNECT_BASE_S
+    reconnect_cap_s: float = DEFAULT_RECONNECT_CAP_S
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
@@ -76,9 +91,15 @@ class ServiceSettings:
             "reward_wait_s",
             "snapshot_every_s",
             "reload_check_s",
+            "reconnect_base_s",
+            "reconnect_cap_s",
+            "stop_grace_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be > 0 seconds")
+        if self.reconnect_cap_s < self.reconnect_base_s:
+            raise ConfigError(f"reconnect_cap_s = {self.reconnect_cap_s} must be ≥ reconnect_base_s "
+                              f"= {self.reconnect_base_s} seconds")  # fmt: skip
         if self.default_reward is not None and not 0 <= self.default_reward <= 1:
             raise ConfigError(f"default_reward = {self.default_reward} must be in [0, 1] or unset")
         if not self.prefix:
