@@ -155,6 +155,10 @@ class RedisLink:
 
     async def _reconnect(self) -> None:
         t0, attempt = time.monotonic(), 0
+        # Every pooled connection predates the outage and may be dead: closed now, the next
+        # command of each task connects afresh instead of failing once more after Redis is
+        # back (which would look like a second outage).
+        await self.r.connection_pool.disconnect()
         while True:
             attempt += 1
             await asyncio.sleep(compute_backoff(attempt, self.base_s, self.cap_s))
