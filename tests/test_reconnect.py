@@ -360,3 +360,44 @@ def test_a_worker_gives_up_stop_grace_s_after_a_stop_while_redis_stays_gone(
             await svc.close()
 
     asyncio.run(body())
+
+
+def test_workers_make_their_groups_again_when_redis_lost_its_data(
+    redis_url: str,
+    prefix: str,
+    overruling: tuple[Dataset, RoutingConfig],
+    replay: ReplayServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis restarted without persistence comes back empty: reading raises NOGROUP."""
+    ds, cfg = overruling
+    keys = Keys(prefix)
+    s = ServiceSettings(redis_url=redis_url, prefix=prefix, block_ms=50, reload_check_s=0.05,
+                        reconnect_base_s=0.05, reconnect_cap_s=0.2)  # fmt: skip
+    svc = Service(s, cfg, env={"METALLM_REPLAY_URL": replay.url})
+    caplog.set_level(logging.WARNING, logger="workers.service.app")
+
+    async def body() -> None:
+        stop = asyncio.Event()
+        await svc.start()
+        task = asyncio.create_task(svc.run(stop))
+        try:
+            r = redis.Redis.from_url(redis_url)
+            await asyncio.sleep(0.3)
+            r.delete(keys.queries, keys.feedback)  # the streams and their groups are gone
+            await until(lambda: len([x for x in caplog.records if "group gone" in x.getMessage()]) >= 2,
+                        what="both roles noticing")  # fmt: skip
+            await asyncio.to_thread(send, redis_url, keys, ds, range(5))
+            await until(lambda: r.xlen(keys.responses) >= 5, what="the responses")
+            r.xadd(keys.feedback, {"id": ds.ids[0], "label": ds.labels[0]})
+            assert svc.learner is not None
+            learner = svc.learner
+            await until(lambda: learner.outcomes["joined"] == 1, what="the label learned")
+            assert not task.done()
+            r.close()
+        finally:
+            stop.set()
+            await task
+            await svc.close()
+
+    asyncio.run(body())

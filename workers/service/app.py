@@ -47,6 +47,8 @@ from workers.service.settings import Keys, ServiceSettings
 
 log = logging.getLogger(__name__)
 ROLES = ("router", "learner")
+# Replies of a read whose consumer group (or stream) is gone.
+GROUP_GONE = ("NOGROUP", "UNBLOCKED")
 
 
 def fresh_policy(config: RoutingConfig) -> Policy:
@@ -172,10 +174,11 @@ class Service:
                     ) from None
                 log.info("%s resumes", role)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not str(exc).startswith(GROUP_GONE):
                     raise
-                # Redis came back without its data (no persistence): the loop makes the
-                # group again; the backoff keeps a persistent fault from spinning.
+                # Redis came back without its data (no persistence), or the stream was
+                # deleted under a blocked read: the loop makes the group again; the backoff
+                # keeps a persistent fault from spinning.
                 no_group += 1
                 log.warning("%s: consumer group gone (%s); making it again", role, exc)
                 s = self.settings
