@@ -108,7 +108,12 @@ def test_ready_with_redis_and_model_then_unready_when_redis_goes_and_ready_again
             # A lost Redis makes the worker unready, not dead: a restart would not help.
             assert (await asyncio.to_thread(probe, port, "/healthz"))[0] == 200
             own_redis.start()
-            assert (await asyncio.to_thread(probe, port, "/readyz"))[0] == 200
+            # Ready again once the worker itself has reconnected (backoff ≤ 5 s), still running.
+            deadline = time.monotonic() + 20
+            while (await asyncio.to_thread(probe, port, "/readyz"))[0] != 200:
+                assert time.monotonic() < deadline, "not ready again after Redis came back"
+                await asyncio.sleep(0.1)
+            assert not task.done()
         finally:
             stop.set()
             await asyncio.gather(task, return_exceptions=True)

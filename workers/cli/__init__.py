@@ -18,8 +18,14 @@ import os
 import sys
 from collections.abc import Sequence
 
+import redis.exceptions
+
 from bandit.errors import MetalLMError
 from workers.cli import client, local, offline, service
+
+# What redis-py raises when Redis goes away (not the builtin ConnectionError); the
+# service's reconnect module, which says the same, imports far more than the CLI needs.
+REDIS_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 GROUPS = (service, client, local, offline)
 
@@ -53,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args, env))
     except MetalLMError as exc:
         print(f"metallm: error: {exc}", file=sys.stderr)
+        return 2
+    except REDIS_OUTAGE as exc:  # an outage after the command's first contact with Redis
+        print(f"metallm: error: lost Redis: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 2
     except (ConnectionError, OSError) as exc:
         print(f"metallm: error: {exc.__class__.__name__}: {exc}", file=sys.stderr)

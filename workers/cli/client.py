@@ -46,7 +46,11 @@ def _redis(args: argparse.Namespace, env: Mapping[str, str], **kw: Any) -> Itera
     """A client on the Redis the settings name, closed on the way out."""
     import redis
 
-    client = redis.Redis.from_url(service_settings(args, env).redis_url, **kw)
+    from workers.service.reconnect import check_reachable
+
+    url = service_settings(args, env).redis_url
+    check_reachable(url)  # one line, not a traceback, for a wrong URL or a Redis not up
+    client = redis.Redis.from_url(url, **kw)
     try:
         yield client
     finally:

@@ -163,9 +163,11 @@ def cmd_produce(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import redis.asyncio as aioredis
 
     from workers.harness.producer import ProducerOptions, produce
+    from workers.service.reconnect import check_reachable
     from workers.service.settings import Keys
 
     s = service_settings(args, env)
+    check_reachable(s.redis_url)
     opts = ProducerOptions(args.rate, args.label_delay_s, args.rounds, args.bad_queries)
     ds = load_dataset(args.dataset, data_dir(args, env))
     rows = make_split(ds, args.seed).test

@@ -2,6 +2,11 @@
 
 Shutdown is in two stages: the first SIGTERM/SIGINT stops reading, lets the batch in
 flight finish and be acknowledged, and saves the model; a second one exits at once.
+
+A worker outlives Redis outages: each role's loop runs under ``Service._supervise``, which
+on a connection error waits for the ``RedisLink`` to reconnect and runs the loop again
+(the router and the learner keep their state in memory across the restart). Only a Redis
+that never answered at start-up stops the process, as a configuration error.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis.exceptions import ResponseError
 
 from bandit.config import RoutingConfig
 from bandit.embedder import EMBEDDING_DIM
@@ -23,14 +29,26 @@ from bandit.policy import Policy
 from bandit.training import TrainingData, train_full_information
 from workers.service.embedding import router_embedder
 from workers.service.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
-from workers.service.learner import Learner, newest_snapshot
+from workers.service.learner import Learner, newest_snapshot, save_snapshot
 from workers.service.metrics import Metrics
 from workers.service.providers import build_providers
+from workers.service.reconnect import (
+    REDIS_OUTAGE,
+    RedisLink,
+    RedisUnreachableError,
+    check_redis_url,
+    connect,
+    redacted,
+    unreachable,
+)
+from workers.service.retry import compute_backoff
 from workers.service.router import Router
 from workers.service.settings import Keys, ServiceSettings
 
 log = logging.getLogger(__name__)
 ROLES = ("router", "learner")
+# Replies of a read whose consumer group (or stream) is gone.
+GROUP_GONE = ("NOGROUP", "UNBLOCKED")
 
 
 def fresh_policy(config: RoutingConfig) -> Policy:
@@ -64,8 +82,10 @@ class Service:
     http: HealthServer | None = None
 
     async def start(self) -> None:
-        """Metrics and probes first (unready until a model is held), then Redis and the model."""
+        """Metrics and probes first (unready until a model is held), then Redis and the model.
+        A Redis that does not answer here is a configuration error (RedisUnreachableError)."""
         s = self.settings
+        check_redis_url(s.redis_url)  # before the probes hold a client on it
         self.metrics = Metrics(self.registry)
         self.metrics.budget.set(s.budget_usd_per_hour)
         self.metrics.accuracy_floor.set(s.accuracy_floor)
@@ -73,10 +93,18 @@ class Service:
             self.http = HealthServer(
                 s.metrics_port, self.registry, s.redis_url, self.health
             ).start()
-        self.redis = aioredis.from_url(s.redis_url)
         try:
-            await self.redis.ping()
+            self.redis = await connect(s.redis_url, s.block_ms)
+        except BaseException:
+            self._stop_http()
+            raise
+        self.link = RedisLink(self.redis, s.redis_url, self.health, self.metrics,
+                              s.reconnect_base_s, s.reconnect_cap_s, s.shutdown_deadline_s)  # fmt: skip
+        try:
             await self._start_roles()
+        except REDIS_OUTAGE as exc:
+            await self.close()
+            raise unreachable(s.redis_url, exc) from None
         except BaseException:
             await self.close()
             raise
@@ -101,7 +129,7 @@ class Service:
                 self.config.embedder, in_process=not s.embedder_process, threads=s.embedder_threads
             )
             self.router = Router(s, self.config, router_policy, embedder, providers, self.redis,
-                                 self.metrics)  # fmt: skip
+                                 self.metrics, link=self.link)  # fmt: skip
             await embedder.start()  # the model is loaded before the router says it is ready
             self.metrics.init_router(self.config.arms.names)
             if not self.learner:
@@ -118,29 +146,85 @@ class Service:
             self.health.beat()
             await asyncio.sleep(HEARTBEAT_EVERY_S)
 
+    async def _deadline_on_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.link.stopping()
+
+    async def _supervise(
+        self, role: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        """Run a role's loop until it returns (on stop); after a Redis outage, wait until
+        Redis is back and run it again: the loop makes its consumer group again if Redis
+        lost it, and picks up the work it held. Raises RedisUnreachableError when Redis is
+        still gone ``shutdown_deadline_s`` after a stop."""
+        no_group = 0
+        while True:
+            generation = self.link.generation
+            try:
+                await run(stop)
+                return
+            except REDIS_OUTAGE as exc:
+                self.link.lost(exc, generation)
+                if not await self.link.wait_back():
+                    self._save_on_give_up(role)
+                    raise RedisUnreachableError(
+                        f"{role}: Redis at {redacted(self.settings.redis_url)} still unreachable "
+                        f"{self.settings.shutdown_deadline_s:g} s after the stop signal; work not written "
+                        "stays pending for another worker"
+                    ) from None
+                log.info("%s resumes", role)
+            except ResponseError as exc:
+                if not str(exc).startswith(GROUP_GONE):
+                    raise
+                # Redis came back without its data (no persistence), or the stream was
+                # deleted under a blocked read: the loop makes the group again; the backoff
+                # keeps a persistent fault from spinning.
+                no_group += 1
+                log.warning("%s: consumer group gone (%s); making it again", role, exc)
+                s = self.settings
+                await asyncio.sleep(
+                    compute_backoff(no_group, s.reconnect_base_s, s.reconnect_cap_s)
+                )
+
+    def _save_on_give_up(self, role: str) -> None:
+        """The learner's model cannot reach Redis: keep it on disk at least."""
+        if role == "learner" and self.learner and self.settings.model_dir:
+            save_snapshot(Path(self.settings.model_dir), self.learner.policy.to_bytes())
+            log.warning("saved model version %d to %s only", self.learner.policy.version,
+                        self.settings.model_dir)  # fmt: skip
+
     async def run(self, stop: asyncio.Event) -> None:
         tasks = []
         if self.router:
-            tasks.append(asyncio.create_task(self.router.run(stop), name="router"))
+            tasks.append(asyncio.create_task(self._supervise("router", self.router.run, stop),
+                                             name="router"))  # fmt: skip
         if self.learner:
-            tasks.append(asyncio.create_task(self.learner.run(stop), name="learner"))
-        heartbeat = asyncio.create_task(self._heartbeat(stop), name="heartbeat")
+            tasks.append(asyncio.create_task(self._supervise("learner", self.learner.run, stop),
+                                             name="learner"))  # fmt: skip
+        helpers = [asyncio.create_task(self._heartbeat(stop), name="heartbeat"),
+                   asyncio.create_task(self._deadline_on_stop(stop), name="stop-deadline")]  # fmt: skip
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
                 t.result()
         finally:
             stop.set()
-            heartbeat.cancel()
-            await asyncio.gather(*tasks, heartbeat, return_exceptions=True)
+            self.link.stopping()  # the roles still running wait for Redis this long at most
+            for h in helpers:
+                h.cancel()
+            await asyncio.gather(*tasks, *helpers, return_exceptions=True)
+
+    def _stop_http(self) -> None:
+        if self.http:
+            self.http.stop()
+            self.http = None
 
     async def close(self) -> None:
         if self.router:
             await self.router.dispatcher.close()
             await self.router.embedder.close()
-        if self.http:
-            self.http.stop()
-            self.http = None
+        self._stop_http()
+        await self.link.close()
         await self.redis.aclose()
 
 

@@ -2,8 +2,10 @@
 ``/readyz`` (readiness), served from threads so that a busy event loop never hides them.
 
 - **Ready** means the worker can do its job now: Redis answers PING (asked on every probe,
-  with a short timeout) and the worker holds a routing model (the snapshot it loaded from
-  Redis or disk, or the configured initial policy). A router that is not ready is taken out
+  with a short timeout), the worker's own connection is up (after an outage, once the
+  worker has reconnected: ``"redis": "reconnecting"`` until then) and the worker holds a
+  routing model (the snapshot it loaded from Redis or disk, or the configured initial
+  policy). A router that is not ready is taken out
   of service by Kubernetes; it is not restarted.
 - **Live** means the worker's event loop is turning: the service beats a heartbeat every
   second, and a loop that has not beaten for ``stall_s`` is reported dead, so that
@@ -38,10 +40,12 @@ PATHS = ("/metrics", "/healthz", "/readyz")
 @dataclass
 class HealthState:
     """What the service tells the probes. ``model_version`` gives the version of the model the
-    worker holds, or None while it has none; ``last_beat`` is written by the event loop."""
+    worker holds, or None while it has none; ``last_beat`` and ``redis_connected`` are
+    written by the event loop."""
 
     model_version: Callable[[], int | None] = lambda: None
     last_beat: float = field(default_factory=time.monotonic)
+    redis_connected: bool = True  # False from a lost connection until the worker reconnects
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -94,7 +98,7 @@ class HealthServer:
         version = self.state.model_version()
         try:
             self._redis.ping()
-            redis_state = "ok"
+            redis_state = "ok" if self.state.redis_connected else "reconnecting"
         except redis.RedisError as exc:
             redis_state = f"unreachable: {exc.__class__.__name__}: {exc}"
         ready = redis_state == "ok" and version is not None

@@ -107,6 +107,14 @@ class Metrics:
         self.budget = Gauge("metallm_budget_usd_per_hour",
                             "Configured spend budget, USD per hour, all routers together (0 = none)",
                             registry=r)  # fmt: skip
+        # The worker's own link to Redis (the probes ask Redis themselves): an outage is
+        # connected 0 until the worker has reconnected, each reconnect counted once.
+        self.redis_connected = Gauge("metallm_redis_connected",
+                                     "1 while the worker is connected to Redis, 0 during an outage",
+                                     registry=r)  # fmt: skip
+        self.redis_reconnects = Counter("metallm_redis_reconnects_total",
+                                        "Times the worker got Redis back after losing it",
+                                        registry=r)  # fmt: skip
         self.accuracy_floor = Gauge("metallm_accuracy_floor",
                                     "Configured lowest acceptable router accuracy over labelled "
                                     "answers, a fraction (0 = none)", registry=r)  # fmt: skip

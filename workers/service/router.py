@@ -17,8 +17,10 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -34,6 +36,7 @@ from workers.service.memory import HeapTrimmer
 from workers.service.metrics import Metrics
 from workers.service.ownership import Holder, Ownership
 from workers.service.providers import Provider
+from workers.service.reconnect import REDIS_OUTAGE, RedisLink
 from workers.service.retry import RetryPolicy
 from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
@@ -48,6 +51,7 @@ from workers.service.upkeep import keep
 
 log = logging.getLogger(__name__)
 REPEAT_CHECK_S = 0.2  # how often repeated ids waiting for their first answer look again
+T = TypeVar("T")
 
 
 class BadQuery(ValueError):
@@ -121,8 +125,10 @@ class Router:
         providers: dict[str, Provider],
         redis: aioredis.Redis,
         metrics: Metrics,
+        link: RedisLink | None = None,
     ) -> None:
         self.settings, self.config, self.policy = settings, config, policy
+        self.link = link  # None: a failed write fails the batch (no reconnecting)
         self.embedder, self.r, self.m = embedder, redis, metrics
         self.keys = Keys(settings.prefix)
         self.consumer = settings.consumer or f"router-{random.getrandbits(32):08x}"
@@ -178,6 +184,10 @@ class Router:
                 if len(embedding) > (1 if entries else 0):
                     self._finish_soon(await self.decide(embedding.popleft()))
                 await self._room()
+        except REDIS_OUTAGE as exc:
+            if self.link:
+                self.link.lost(exc)  # now: the batches below wait for Redis to finish
+            raise
         finally:
             try:
                 await self._drain(embedding, time.monotonic() + self.settings.shutdown_deadline_s)
@@ -315,7 +325,8 @@ class Router:
             decisions = self.policy.decide_lines(
                 shared, available=healthy if healthy.any() else None
             )
-        held = await self._store_decisions(queries, decisions, shared)
+        held = await self._persist(lambda _: self._store_decisions(queries, decisions, shared),
+                                   "storing decisions")  # fmt: skip
         mine = [i for i, h in enumerate(held) if h is None]
         for q, h in zip(queries, held, strict=True):
             if h is not None:
@@ -347,7 +358,9 @@ class Router:
                 if not pending:
                     self.m.stage.labels("dispatch").observe(time.perf_counter() - t0)
                 ready = [(*calls[t], t.result()) for t in done]
-                await self._write_responses(ready)
+                # Through a Redis outage: these answers are paid for, and another router
+                # claiming them would pay again.
+                await self._persist(partial(self._write_responses, ready), "writing responses")
                 self._unanswered -= len(ready)
                 self._answered.set()
                 elapsed = time.perf_counter() - batch.started
@@ -367,6 +380,12 @@ class Router:
             self._working.difference_update(q.entry.id for q in unwritten)
 
     # -- steps ---------------------------------------------------------------------------
+    async def _persist(self, write: Callable[[bool], Awaitable[T]], what: str) -> T:
+        """``write`` once, or through Redis outages until it succeeds (see RedisLink)."""
+        if self.link is None:
+            return await write(False)
+        return await self.link.persist(write, what)
+
     async def _dead(self, entry: Entry, stage: str, error: str) -> None:
         await dead_letter(self.r, self.keys.dead, self.keys.queries, ROUTERS_GROUP, entry, stage,
                           error, maxlen=self.settings.dead_maxlen)  # fmt: skip
@@ -398,12 +417,19 @@ class Router:
                 "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(self.policy.costs[d.arm])),
                 "model_version": d.model_version}  # fmt: skip
 
-    async def _write_responses(self, ready: list[tuple[Query, Decision, Answer]]) -> None:
+    async def _write_responses(
+        self, ready: list[tuple[Query, Decision, Answer]], retrying: bool = False
+    ) -> None:
         """Responses, the outcome into each decision record, and the acknowledgements, in
         one transaction. An answer from a redraw replaces the record's arm, probability and
         pmf with the redraw's: that is the draw the answering arm was chosen by, so its
-        answer is learned like any other."""
+        answer is learned like any other. ``retrying``: an earlier attempt's reply was lost,
+        and the transaction may have run: the queries no longer pending were written then
+        (the ack is in the same transaction)."""
+        if retrying:
+            ready = await self._still_pending(ready)
         now = time.time()
+        spent: list[tuple[str, float]] = []
         async with self.r.pipeline(transaction=True) as pipe:
             for q, _, a in ready:
                 d = a.decision
@@ -431,9 +457,21 @@ class Router:
                 pipe.zadd(self.keys.awaiting, {q.id: now + self.settings.reward_wait_s})
                 pipe.xack(self.keys.queries, ROUTERS_GROUP, q.entry.id)
                 if c is not None:
-                    self.m.routed.labels(arm.name).inc()
-                    self.m.spend.labels(arm.name).inc(cost)
+                    spent.append((arm.name, cost))
             await pipe.execute()
+        for name, cost in spent:
+            self.m.routed.labels(name).inc()
+            self.m.spend.labels(name).inc(cost)
+
+    async def _still_pending(
+        self, ready: list[tuple[Query, Decision, Answer]]
+    ) -> list[tuple[Query, Decision, Answer]]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for q, _, _ in ready:
+                pipe.xpending_range(self.keys.queries, ROUTERS_GROUP, min=q.entry.id,
+                                    max=q.entry.id, count=1)  # fmt: skip
+            replies = await pipe.execute()
+        return [x for x, pending in zip(ready, replies, strict=True) if pending]
 
     # -- model snapshots -----------------------------------------------------------------
     async def note_published(self) -> None:

@@ -54,6 +54,10 @@ DEFAULT_DEAD_MAXLEN = 100_000
 DEFAULT_SHUTDOWN_DEADLINE_S = 45.0
 # How long a repeated query id waits for the outcome of its first entry's LLM call.
 DEFAULT_REPEAT_WAIT_S = 300.0
+# Reconnecting to a lost Redis: an outage lasts seconds (a restart replays its AOF), not the
+# milliseconds an LLM call's retry waits, so the waits grow to a few seconds.
+DEFAULT_RECONNECT_BASE_S = 0.2
+DEFAULT_RECONNECT_CAP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,12 @@ class ServiceSettings:
     already being answered waits for that answer before it gets an error.
 
     ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
-    exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
+    exported as gauges (0 = not configured) for the alerts on spend and accuracy.
+
+    ``reconnect_base_s`` and ``reconnect_cap_s``: the capped exponential backoff (full
+    jitter, seconds) between PINGs to a lost Redis; ``stop_grace_s``: after the first stop
+    signal, how long (seconds) a worker still waits for a lost Redis to write its work in
+    flight before it gives up and leaves that work pending for another worker."""
 
     redis_url: str = DEFAULT_REDIS_URL
     prefix: str = DEFAULT_PREFIX
@@ -108,6 +117,8 @@ class ServiceSettings:
     dead_maxlen: int = DEFAULT_DEAD_MAXLEN
     shutdown_deadline_s: float = DEFAULT_SHUTDOWN_DEADLINE_S
     repeat_wait_s: float = DEFAULT_REPEAT_WAIT_S
+    reconnect_base_s: float = DEFAULT_RECONNECT_BASE_S
+    reconnect_cap_s: float = DEFAULT_RECONNECT_CAP_S
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
@@ -125,11 +136,16 @@ class ServiceSettings:
             "breaker_cooldown_s",
             "shutdown_deadline_s",
             "repeat_wait_s",
+            "reconnect_base_s",
+            "reconnect_cap_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be > 0 seconds")
         if not (math.isfinite(self.no_arm_wait_s) and self.no_arm_wait_s >= 0):
             raise ConfigError(f"no_arm_wait_s = {self.no_arm_wait_s} must be ≥ 0 seconds")
+        if self.reconnect_cap_s < self.reconnect_base_s:
+            raise ConfigError(f"reconnect_cap_s = {self.reconnect_cap_s} must be ≥ reconnect_base_s "
+                              f"= {self.reconnect_base_s} seconds")  # fmt: skip
         if self.default_reward is not None and not 0 <= self.default_reward <= 1:
             raise ConfigError(f"default_reward = {self.default_reward} must be in [0, 1] or unset")
         if not self.prefix:
