@@ -184,6 +184,9 @@ class PaceController:
         self._dearest = float(self._costs.max())
         if state is not None:
             self._load(state)
+        target = self.target_per_query_usd
+        if target is not None:
+            self._at_edge(target)  # right from the first decision, not only after an update
 
     # -- inputs --------------------------------------------------------------------------
     def observe(self, spend_usd: float, queries: float = 1, now_s: float | None = None) -> None:
@@ -217,6 +220,9 @@ class PaceController:
         dearest = float(costs.max())
         self.p = self._clip(self.p * dearest / self._dearest)
         self._costs, self._dearest = costs, dearest
+        target = self.target_per_query_usd
+        if target is not None:
+            self._at_edge(target)
 
     # -- the decision --------------------------------------------------------------------
     def update(self) -> float:
@@ -224,13 +230,7 @@ class PaceController:
         n_new, spend_new = self._pending_queries, self._pending_spend
         self._pending_queries = self._pending_spend = 0.0
         target = self.target_per_query_usd
-        if target is None:
-            return self.p
-        if target < float(self._costs.min()):
-            self.p = self.config.p_max
-            return self.p
-        if target >= self._dearest:
-            self.p = 0.0
+        if target is None or self._at_edge(target):
             return self.p
         if n_new <= 0 or self.observed_queries <= self.config.warmup_queries:
             return self.p
@@ -245,6 +245,16 @@ class PaceController:
         else:
             self.p = self._clip(self.p + move)
         return self.p
+
+    def _at_edge(self, target: float) -> bool:
+        """Put p at an edge when the target is outside the arms' costs; say whether it is."""
+        if target < float(self._costs.min()):
+            self.p = self.config.p_max  # route to the cheapest; shortfall_per_10k says by how much
+            return True
+        if target >= self._dearest:
+            self.p = 0.0  # every routing meets the target: accuracy alone decides
+            return True
+        return False
 
     def _clip(self, p: float) -> float:
         return float(min(max(p, self.config.lower), self.config.p_max))
