@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,40 @@ def test_a_paced_replay_on_overruling_meets_the_target(data_dir: Path, embedder)
     assert row.spend_error < 0.15, row
     assert 0.5 < row.acc <= 1 and 0.5 < row.offline_acc_at_cost <= 1
     assert changed.price_change_arm == "gpt-4" and changed.spend_error < 0.25, changed
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--price-change", "gpt-4"], "--price-change needs --budgets"),
+        (["--budgets", "0.25", "--price-change", "gpt-5"], "unknown arm 'gpt-5'"),
+        (["--budgets", "0"], r"--budgets \[0.0\] must be shares > 0"),
+        (["--budgets", "0.5", "--budget-seeds", "0"], "--budget-seeds 0"),
+    ],
+)
+def test_evaluate_budget_options_fail_in_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], match: str
+) -> None:
+    from workers.cli import main
+
+    # a missing data folder would fail later: the options are checked first
+    rc = main(["evaluate", "--dataset", "overruling", "--data-dir", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("metallm: error: ") and err.count("\n") == 1
+    assert re.search(match, err), err
+
+
+def test_evaluate_refuses_a_budget_in_paper_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from importlib import resources
+
+    from workers.cli import main
+
+    text = (resources.files("bandit") / "configs" / "overruling.toml").read_text()
+    paper = tmp_path / "paper.toml"
+    paper.write_text(text.replace('mode = "decoupled"', 'mode = "paper"\nloss = "squared"'))
+    rc = main(["evaluate", "--dataset", "overruling", "--config", str(paper),
+               "--data-dir", str(tmp_path), "--budgets", "0.5"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "a spend budget needs policy.mode = 'decoupled', not 'paper'" in err

@@ -103,24 +103,13 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from workers.harness.report import print_report, write_json, write_plot
 
     cfg = routing_config(args, env)
+    _check_budget_options(args, cfg)  # before the data set is read and embedded
     ds = dataset(args, env)
     vectors = embed(ds, cfg)
     t0 = time.perf_counter()
     explorers = args.compare_explorers
     if explorers is not None and not explorers:
         explorers = list(VW_EXPLORERS)
-    if args.price_change and not args.budgets:
-        raise MetalLMError("--price-change needs --budgets: the price change is replayed under a budget")  # fmt: skip
-    if args.budgets:
-        check_pacing_mode(cfg.policy.mode)
-        if args.price_change:
-            cfg.arms.index(args.price_change)  # an unknown arm names the valid ones
-        bad = [s for s in args.budgets if not s > 0]
-        if bad or args.budget_seeds < 1 or args.budget_passes < 1:
-            raise MetalLMError(
-                f"--budgets {args.budgets} must be shares > 0 of the dearest arm's cost, and "
-                f"--budget-seeds {args.budget_seeds}, --budget-passes {args.budget_passes} ≥ 1"
-            )
     report = evaluate(
         ds, vectors, make_split(ds, args.seed), cfg, seed=args.seed, explorers=explorers or (),
         budgets=args.budgets or (), price_change_arm=args.price_change,
@@ -136,6 +125,21 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         write_plot(report, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _check_budget_options(args: argparse.Namespace, cfg: RoutingConfig) -> None:
+    if args.price_change and not args.budgets:
+        raise MetalLMError("--price-change needs --budgets: the price change is replayed under a budget")  # fmt: skip
+    if args.budgets:
+        check_pacing_mode(cfg.policy.mode)
+        if args.price_change:
+            cfg.arms.index(args.price_change)  # an unknown arm names the valid ones
+        bad = [s for s in args.budgets if not s > 0]
+        if bad or args.budget_seeds < 1 or args.budget_passes < 1:
+            raise MetalLMError(
+                f"--budgets {args.budgets} must be shares > 0 of the dearest arm's cost, and "
+                f"--budget-seeds {args.budget_seeds}, --budget-passes {args.budget_passes} ≥ 1"
+            )
 
 
 def cmd_tune(args: argparse.Namespace, env: Mapping[str, str]) -> int:
