@@ -17,10 +17,13 @@ import argparse
 import os
 import time
 from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 
 from bandit.config import builtin_config
 from bandit.datasets import load_dataset, make_split
-from bandit.embedder import Embedder, default_cache_dir
+from bandit.embedder import DiskCache, Embedder, default_cache_dir, text_key
 from bandit.evaluation import Experiment
 from bandit.pacing import DEFAULT_WARMUP_QUERIES, PacingConfig
 from bandit.pacing_replay import BUDGET_SHARES, DEFAULT_BATCH, budget_study
@@ -41,6 +44,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--price-change", metavar="ARM", help="also double ARM's price halfway")
     ap.add_argument("--passes", type=int, default=1, help="seeded passes over val+test per run")
+    ap.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="use only the queries whose embeddings are already cached (while a long "
+        "embedding run, e.g. IMDB's, is still filling the cache)",
+    )
     ap.add_argument("--greedy", action="store_true", help="no exploration (ε = 0)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,6 +58,11 @@ def main() -> None:
     cache = str(default_cache_dir() / "embeddings")  # the cache `metallm evaluate` fills
     cfg = replace(cfg, embedder=replace(cfg.embedder, cache_dir=cache))
     ds = load_dataset(args.dataset, args.data_dir)
+    if args.cached_only:
+        store = DiskCache(Path(cache) / cfg.embedder.model_key)
+        found = store.lookup([text_key(t) for t in ds.texts])
+        ds = ds.subset(np.flatnonzero([v is not None for v in found]))
+        print(f"{args.dataset}: {len(ds)} queries have cached embeddings; using those")
     vectors = Embedder(cfg.embedder).embed_cached(list(ds.texts))
     ex = Experiment(ds, vectors, make_split(ds), cfg)
     t0 = time.perf_counter()
