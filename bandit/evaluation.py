@@ -72,10 +72,16 @@ class EvaluationReport:
     online: list[OnlineRow]
     sweeps: dict[str, list[SweepPoint]] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
+    # Paced online replays (bandit.pacing_replay.BudgetRow), when budgets were asked for.
+    budget: list[Any] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "sweeps"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("sweeps", "budget")}
         out["sweeps"] = {k: [asdict(p) for p in v] for k, v in self.sweeps.items()}
+        if self.budget:
+            out["budget"] = [
+                {**asdict(b), "acc_gap_pp": b.acc_gap_pp, "binding": b.binding} for b in self.budget
+            ]
         return out
 
 
@@ -164,8 +170,17 @@ def evaluate(
     paper_p: Sequence[float] = PAPER_P,
     online: Sequence[tuple[float, float]] = ONLINE_SETTINGS,
     explorers: Sequence[str] = (),
+    budgets: Sequence[float] = (),
+    price_change_arm: str | None = None,
+    budget_seeds: Sequence[int] | None = None,
+    budget_passes: int = 1,
 ) -> EvaluationReport:
-    """The paper-style comparison on ``split.test``; see the module docstring."""
+    """The paper-style comparison on ``split.test``; see the module docstring.
+
+    ``budgets``: targets as shares of the dearest arm's cost per query, each run as a paced
+    online replay (bandit.pacing_replay.budget_study) from the decoupled warm start, over
+    ``budget_seeds`` (default: ``seed``) and ``budget_passes`` passes over val + test; with
+    ``price_change_arm``, also with that arm's price doubled halfway."""
     ex = Experiment(ds, vectors, split, config)
     val, test = split.val, split.test
     test_correct, test_cost = ex.correct[test], ex.cost_usd[test]
@@ -234,6 +249,15 @@ def evaluate(
         for name in explorers
     ]
     online_rows = [online_replay(ex, cfg.for_online(), replay_rows, seed) for cfg in replays]
+    budget_rows: list[Any] = []
+    if budgets:
+        # imported here: pacing_replay builds on this module's Experiment
+        from bandit.pacing_replay import budget_study
+
+        budget_rows = budget_study(
+            ex, budgets, seeds=budget_seeds or (seed,), price_change_arm=price_change_arm,
+            warm=policy.to_bytes(), passes=budget_passes,
+        )  # fmt: skip
     return EvaluationReport(
         dataset=ds.name,
         split_sizes=split.sizes(),
@@ -245,4 +269,5 @@ def evaluate(
         online=online_rows,
         sweeps={"decoupled": test_sweep, "paper": list(paper_test.values())},
         policy=asdict(dcfg),
+        budget=budget_rows,
     )

@@ -12,6 +12,8 @@ from typing import Any
 
 from bandit.config import RoutingConfig
 from bandit.datasets import make_split
+from bandit.errors import MetalLMError
+from bandit.pacing import check_pacing_mode
 from bandit.policy import VW_EXPLORERS
 from workers.cli.options import add_dataset_options, dataset, embed, routing_config
 
@@ -39,6 +41,38 @@ def register(sub: Any) -> None:
         choices=VW_EXPLORERS,
         help="also replay online with Vowpal Wabbit's own explorers (paper mode, p = 0); "
         f"no names means all: {', '.join(VW_EXPLORERS)}",
+    )
+    ev.add_argument(
+        "--budgets",
+        nargs="+",
+        type=float,
+        metavar="SHARE",
+        help="also pace a warm-started decoupled router online to each spend target, given as "
+        "a share of the dearest arm's cost per query (e.g. 0.25 0.5 0.75), streaming "
+        "validation + test in a seeded order; prints the spend error after the first 10%% "
+        "and the accuracy against the offline router at the same cost",
+    )
+    ev.add_argument(
+        "--price-change",
+        metavar="ARM",
+        help="with --budgets: also replay with ARM's price doubled halfway through, and count "
+        "the queries until spend is back within 5%% of the target",
+    )
+    ev.add_argument(
+        "--budget-seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --budgets: replay each target in N seeded orders (seeds SEED..SEED+N-1) "
+        "and report the mean and the worst (default 1)",
+    )
+    ev.add_argument(
+        "--budget-passes",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --budgets: stream validation + test K times, each in its own seeded order "
+        "(for small data sets; the router sees rows again) (default 1)",
     )
 
     ev.set_defaults(handler=cmd_evaluate)
@@ -69,6 +103,7 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from workers.harness.report import print_report, write_json, write_plot
 
     cfg = routing_config(args, env)
+    _check_budget_options(args, cfg)  # before the data set is read and embedded
     ds = dataset(args, env)
     vectors = embed(ds, cfg)
     t0 = time.perf_counter()
@@ -76,8 +111,11 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if explorers is not None and not explorers:
         explorers = list(VW_EXPLORERS)
     report = evaluate(
-        ds, vectors, make_split(ds, args.seed), cfg, seed=args.seed, explorers=explorers or ()
-    )
+        ds, vectors, make_split(ds, args.seed), cfg, seed=args.seed, explorers=explorers or (),
+        budgets=args.budgets or (), price_change_arm=args.price_change,
+        budget_seeds=range(args.seed, args.seed + args.budget_seeds),
+        budget_passes=args.budget_passes,
+    )  # fmt: skip
     log.info("evaluation done in %.1f s", time.perf_counter() - t0)
     print_report(report, sys.stdout)
     if args.json:
@@ -87,6 +125,21 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         write_plot(report, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _check_budget_options(args: argparse.Namespace, cfg: RoutingConfig) -> None:
+    if args.price_change and not args.budgets:
+        raise MetalLMError("--price-change needs --budgets: the price change is replayed under a budget")  # fmt: skip
+    if args.budgets:
+        check_pacing_mode(cfg.policy.mode)
+        if args.price_change:
+            cfg.arms.index(args.price_change)  # an unknown arm names the valid ones
+        bad = [s for s in args.budgets if not s > 0]
+        if bad or args.budget_seeds < 1 or args.budget_passes < 1:
+            raise MetalLMError(
+                f"--budgets {args.budgets} must be shares > 0 of the dearest arm's cost, and "
+                f"--budget-seeds {args.budget_seeds}, --budget-passes {args.budget_passes} ≥ 1"
+            )
 
 
 def cmd_tune(args: argparse.Namespace, env: Mapping[str, str]) -> int:

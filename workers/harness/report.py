@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 from bandit.evaluation import EvaluationReport
+from bandit.pacing_replay import BURN_IN_SHARE, RECOVERY_TOLERANCE, BudgetRow
 
 
 def _row(name: str, acc: float, cost: float, note: str = "") -> str:
@@ -62,6 +64,43 @@ def print_report(r: EvaluationReport, out: TextIO) -> None:
         print(
             f"    {o.mode} {o.explorer} p={o.p:g} ε={o.eps:g}: {o.rounds} rounds, progressive {o.progressive_acc * 100:.2f}% "
             f"at {o.progressive_cost_per_10k:.3f}; test {o.test_acc * 100:.2f}% at {o.test_cost_per_10k:.3f}",
+            file=out,
+        )
+    if r.budget:
+        print_budget(r.budget, out)
+
+
+def print_budget(rows: Sequence[BudgetRow], out: TextIO) -> None:
+    """The paced replays: spend error after burn-in, accuracy against the offline router at
+    the realised cost (same exploration; without exploration in brackets), price changes."""
+    first = rows[0]
+    print(
+        f"  budget pacing (warm start on train; val+test streamed {first.queries} queries × "
+        f"{first.runs} seeded run(s); figures after the first {BURN_IN_SHARE:.0%}; spend "
+        "error = |realised − target| ÷ target, mean and worst over runs)",
+        file=out,
+    )
+    print(
+        f"    {'target':>14} {'USD/10k':>8} {'realised':>8} {'error':>6} {'worst':>6} "
+        f"{'accuracy':>8} {'offline@cost':>12} {'gap pp':>6} {'p end':>7}",
+        file=out,
+    )
+    for b in rows:
+        name = f"{b.share:.0%} of dearest"
+        note = "" if b.binding else f"  (not binding: the router spends {b.p0_cost_per_10k:.3f} at p = 0)"  # fmt: skip
+        if b.price_change_arm:
+            rec = (
+                f"back within {RECOVERY_TOLERANCE:.0%} after {b.recovery_queries:.0f} queries "
+                f"({b.recovered_runs}/{b.runs} runs)"
+                if b.recovery_queries is not None
+                else "not back within the stream"
+            )
+            note = f"  {b.price_change_arm} price ×2 halfway: {rec}" + note
+        print(
+            f"    {name:>14} {b.target_cost_per_10k:8.3f} {b.realised_cost_per_10k:8.3f} "
+            f"{b.spend_error:6.2%} {b.spend_error_max:6.2%} {b.acc:8.2%} "
+            f"{b.offline_acc_at_cost:7.2%} ({b.offline_greedy_acc_at_cost:.2%}) "
+            f"{b.acc_gap_pp:+6.2f} {b.p_final:7.3g}{note}",
             file=out,
         )
 
