@@ -135,4 +135,4 @@ def test_xautoclaim_reply_shapes_of_redis_6_2_and_7() -> None:
     v7 = [b"0-0", [(b"1-0", {b"id": b"q1"})], [b"2-0"]]  # as redis-py's parser gives it
     for reply in (v62, v7):
         next_id, claimed = parse_autoclaim(reply)
-        assert next_id == "0-0" and [c[0] for c in claimed] == ["1-0"]
+        assert next_id == "0-0" and [c.id for c in claimed] == ["1-0"]

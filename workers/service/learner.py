@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,18 @@ import redis.asyncio as aioredis
 
 from bandit.policy import Policy
 from bandit.reward import is_correct
+from workers.service.messages import BadFeedback, Feedback, check_feedback_label, parse_feedback
 from workers.service.metrics import Metrics
 from workers.service.settings import LEARNERS_GROUP, Keys, ServiceSettings
-from workers.service.streams import Entry, claim_stale, ensure_group, group_backlog, read_new
+from workers.service.streams import (
+    Entry,
+    claim_stale,
+    clip,
+    dead_fields,
+    ensure_group,
+    group_backlog,
+    read_new,
+)
 
 log = logging.getLogger(__name__)
 EXPIRY_BATCH = 500
@@ -54,37 +62,22 @@ return out
 # Updates learned between yields to the event loop, so the read-ahead (and, in serve, the
 # router) run while a batch learns.
 LEARN_CHUNK = 64
-INVALID_FEEDBACK = "feedback needs 'id' and either 'label' or a numeric 'reward' in [0, 1]"
 
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _parse_feedback(f: dict[str, str]) -> tuple[str, float | None] | None:
-    """(query id, explicit reward or None for a label), or None when the entry is invalid."""
-    qid = f.get("id", "").strip()
-    reward: float | None = None
-    if f.get("reward", "").strip():
-        try:
-            reward = float(f["reward"])
-        except ValueError:
-            return None
-        if not (math.isfinite(reward) and 0 <= reward <= 1):
-            return None
-    if not qid or (reward is None and "label" not in f):
-        return None
-    return qid, reward
-
-
 @dataclass
 class _Joined:
     """Feedback entries joined with their decision records, not yet learned: each entry's
-    outcome so far (None: to learn) and (entry index, record, correctness) to learn."""
+    outcome so far (None: to learn), (entry index, record, correctness) to learn, and by
+    entry index the (stage, reason) of the invalid ones, to dead-letter."""
 
     entries: list[Entry]
     outcomes: list[str | None]
     learn: list[tuple[int, dict[str, str], float]]
+    invalid: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 class Learner:
@@ -151,15 +144,22 @@ class Learner:
         return await self._join_records(entries)
 
     async def _join_records(self, entries: list[Entry]) -> _Joined:
-        """Each entry's outcome, or what it teaches, with one Redis round trip per batch."""
+        """Each entry's outcome, or what it teaches, with two Redis round trips per batch
+        (one when it holds no labels): the label sets, then the join."""
         batch = _Joined(entries, [None] * len(entries), [])
-        parsed: list[tuple[int, str, float | None]] = []
+        feedback: dict[int, Feedback] = {}
         for k, e in enumerate(entries):
-            got = _parse_feedback(e.fields)
-            if got is None:
-                batch.outcomes[k] = "invalid"
-            else:
-                parsed.append((k, *got))
+            if e.decode_error:
+                batch.invalid[k] = ("decode", e.decode_error)
+                continue
+            try:
+                feedback[k] = parse_feedback(e.fields, self.settings)
+            except BadFeedback as exc:
+                batch.invalid[k] = ("feedback", str(exc))
+        await self._check_labels(feedback, batch)
+        for k in batch.invalid:
+            batch.outcomes[k] = "invalid"
+        parsed = [(k, fb.id, fb.reward) for k, fb in feedback.items() if k not in batch.invalid]
         if not parsed:
             return batch
         # Each id's decision record and, for the answered ones, the learned:{id} marker
@@ -179,10 +179,27 @@ class Learner:
                 # The answering arm was not drawn from the logged pmf: no unbiased update.
                 batch.outcomes[k] = "not_learnable"
             else:
-                label = entries[k].fields.get("label", "")
+                label = feedback[k].label or ""
                 correct = reward if reward is not None else is_correct(record["label"], label)
                 batch.learn.append((k, record, correct))
         return batch
+
+    async def _check_labels(self, feedback: dict[int, Feedback], batch: _Joined) -> None:
+        """Mark invalid the labels that are not in their query's label set. Read before the
+        join, as the join sets the learned marker: a mistyped label must not use up the
+        query's one chance to learn its true label."""
+        labelled = [(k, fb) for k, fb in feedback.items() if fb.label is not None]
+        if not labelled:
+            return
+        async with self.r.pipeline(transaction=False) as pipe:
+            for _, fb in labelled:
+                pipe.hget(self.keys.decision(fb.id), "labels")
+            found = await pipe.execute()
+        for (k, fb), raw in zip(labelled, found, strict=True):
+            try:
+                check_feedback_label(fb, None if raw is None else _s(raw))
+            except BadFeedback as exc:
+                batch.invalid[k] = ("feedback", str(exc))
 
     async def _apply(self, batch: _Joined) -> None:
         """Learn a joined batch, dead-letter its invalid entries, acknowledge them all and
@@ -193,12 +210,12 @@ class Learner:
             self._learn(record, correct)
             batch.outcomes[k] = "joined"
         async with self.r.pipeline(transaction=True) as pipe:
-            for e, outcome in zip(batch.entries, batch.outcomes, strict=True):
-                if outcome == "invalid":
-                    fields: dict[Any, Any] = {**e.fields, "stage": "feedback", "error": INVALID_FEEDBACK,
-                                              "deliveries": str(e.deliveries)}  # fmt: skip
-                    pipe.xadd(self.keys.dead, fields)
-                    self.m.dead_letters.labels("feedback").inc()
+            for k, (stage, reason) in batch.invalid.items():
+                e = batch.entries[k]
+                pipe.xadd(self.keys.dead, dead_fields(e, stage, reason))
+                self.m.dead_letters.labels(stage).inc()
+                log.warning("dead letter %s from %s at %s: %s", e.id, self.keys.feedback, stage,
+                            clip(reason, 300))  # fmt: skip
             pipe.xack(self.keys.feedback, LEARNERS_GROUP, *(e.id for e in batch.entries))
             await pipe.execute()
         for o in batch.outcomes:

@@ -23,10 +23,12 @@ import redis.asyncio as aioredis
 
 from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
+from workers.service import messages
 from workers.service.answers import parse_label
 from workers.service.dispatch import Answer, Dispatcher
 from workers.service.embedding import RouterEmbedder
 from workers.service.memory import HeapTrimmer
+from workers.service.messages import BadQuery, usable_id
 from workers.service.metrics import Metrics
 from workers.service.providers import Provider
 from workers.service.retry import RetryPolicy
@@ -34,6 +36,7 @@ from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
     Entry,
     claim_stale,
+    clip,
     dead_letter,
     ensure_group,
     group_backlog,
@@ -42,10 +45,6 @@ from workers.service.streams import (
 
 log = logging.getLogger(__name__)
 DECISION_GRACE_S = 600  # decision records outlive the reward wait by this much
-
-
-class BadQuery(ValueError):
-    """A query entry that can never be answered (goes to the dead-letter stream)."""
 
 
 @dataclass(frozen=True)
@@ -73,35 +72,19 @@ class Batch:
     started: float  # perf_counter when it was read
 
 
-def parse_query(entry: Entry, config: RoutingConfig) -> Query:
-    f = entry.fields
-    qid, text = f.get("id", "").strip(), f.get("text", "")
-    if not qid:
-        raise BadQuery("missing field 'id'")
-    if not text.strip():
-        raise BadQuery("missing or empty field 'text'")
-    task = f.get("task", "").strip()
-    if task and task != config.task.name:
-        raise BadQuery(f"unknown task {task!r}; this router serves {config.task.name!r}")
-    labels = config.task.labels
-    if f.get("labels"):
-        try:
-            parsed = json.loads(f["labels"])
-        except ValueError as exc:
-            raise BadQuery(f"field 'labels' is not JSON: {exc}") from None
-        if (
-            not isinstance(parsed, list)
-            or not parsed
-            or not all(isinstance(x, str) for x in parsed)
-        ):
-            raise BadQuery("field 'labels' must be a non-empty JSON list of strings")
-        labels = tuple(parsed)
-    if f.get("meta"):
-        try:
-            json.loads(f["meta"])
-        except ValueError as exc:
-            raise BadQuery(f"field 'meta' is not JSON: {exc}") from None
-    return Query(entry, qid, text, labels, f.get("meta", ""))
+def parse_query(entry: Entry, settings: ServiceSettings, config: RoutingConfig) -> Query:
+    """The query an entry holds, or BadQuery (workers/service/messages.py has the rules)."""
+    q = messages.parse_query(entry.fields, settings, config.task)
+    return Query(entry, q.id, q.text, q.labels, q.meta)
+
+
+def dead_response(qid: str, error: str) -> dict[str, Any]:
+    """The response to a query that was dead-lettered: the fields of every response, with
+    no arm, answer or label, zeros, and the reason in ``error`` (so a client waiting for
+    this id is answered)."""
+    return {"id": qid, "arm": "", "answer": "", "label": "", "prob": "0", "explored": 0,
+            "fallback": 0, "cost_usd": "0.0", "tokens_in": 0, "tokens_out": 0, "latency_ms": 0,
+            "model_version": 0, "error": clip(error)}  # fmt: skip
 
 
 class Router:
@@ -221,8 +204,11 @@ class Router:
                     f"delivered {e.deliveries} times (max {self.settings.max_deliveries})",
                 )
                 continue
+            if e.decode_error:
+                await self._dead(e, "decode", e.decode_error)
+                continue
             try:
-                queries.append(parse_query(e, self.config))
+                queries.append(parse_query(e, self.settings, self.config))
             except BadQuery as exc:
                 await self._dead(e, "parse", str(exc))
         if not queries:
@@ -289,9 +275,12 @@ class Router:
 
     # -- steps ---------------------------------------------------------------------------
     async def _dead(self, entry: Entry, stage: str, error: str) -> None:
-        await dead_letter(
-            self.r, self.keys.dead, self.keys.queries, ROUTERS_GROUP, entry, stage, error
-        )
+        """Dead-letter an entry and, when it has an id a client can wait for, answer it with
+        the reason, in one transaction."""
+        qid = usable_id(entry.fields)
+        response = (self.keys.responses, dead_response(qid, error)) if qid else None
+        await dead_letter(self.r, self.keys.dead, self.keys.queries, ROUTERS_GROUP, entry, stage,
+                          error, response)  # fmt: skip
         self.m.dead_letters.labels(stage).inc()
 
     async def _store_decisions(

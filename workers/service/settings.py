@@ -26,6 +26,12 @@ DEFAULT_REWARD_WAIT_S = 3600
 DEFAULT_SNAPSHOT_EVERY_UPDATES = 100
 DEFAULT_SNAPSHOT_EVERY_S = 10.0
 DEFAULT_RELOAD_CHECK_S = 1.0
+# A query's text, in characters. 32,000 characters are about 8k tokens: more than the
+# embedder reads (it truncates at its max_seq_length) and than most arms' prompts are priced
+# for, while a 1 MB text would be sent whole to every arm it falls back to.
+DEFAULT_MAX_TEXT_CHARS = 32_000
+DEFAULT_MAX_LABELS = 64  # labels in a query's own label set
+DEFAULT_MAX_LABEL_CHARS = 200  # characters of one label
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,12 @@ class ServiceSettings:
     ``embedder_threads``: the model's threads per batch (0 = one per core).
 
     ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
-    exported as gauges (0 = not configured) for the alerts on spend and accuracy."""
+    exported as gauges (0 = not configured) for the alerts on spend and accuracy.
+
+    ``max_text_chars`` (characters of a query's ``text``, and of its ``meta``),
+    ``max_labels`` (labels in a query's ``labels``) and ``max_label_chars`` (characters of
+    one label, in a query or in feedback) bound what a query may ask for; a query over them
+    is dead-lettered (stage ``parse``) and answered with the reason."""
 
     redis_url: str = DEFAULT_REDIS_URL
     prefix: str = DEFAULT_PREFIX
@@ -63,6 +74,9 @@ class ServiceSettings:
     accuracy_floor: float = 0.0
     embedder_process: bool = True
     embedder_threads: int = 0
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    max_labels: int = DEFAULT_MAX_LABELS
+    max_label_chars: int = DEFAULT_MAX_LABEL_CHARS
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
@@ -97,6 +111,11 @@ class ServiceSettings:
             raise ConfigError(
                 f"embedder_threads = {self.embedder_threads} must be ≥ 0 (0 = one per core)"
             )
+        for name, most in (("max_text_chars", 10_000_000), ("max_labels", 10_000),
+                           ("max_label_chars", 100_000)):  # fmt: skip
+            value = getattr(self, name)
+            if not 1 <= value <= most:
+                raise ConfigError(f"{name} = {value} must be between 1 and {most}")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
 
