@@ -24,6 +24,15 @@ def test_file_then_env_then_options() -> None:
             ServiceSettings.from_env({"METALLM_EMBEDDER_PROCESS": word}).embedder_process is value
         )
     assert ServiceSettings.from_env({}, {"embedder_process": False}).embedder_process is False
+    limits = ServiceSettings.from_env({"METALLM_MAX_TEXT_CHARS": "1000", "METALLM_MAX_LABELS": "8",
+                                       "METALLM_MAX_LABEL_CHARS": "20"})  # fmt: skip
+    assert (limits.max_text_chars, limits.max_labels, limits.max_label_chars) == (1000, 8, 20)
+    defaults = ServiceSettings()
+    assert (defaults.max_text_chars, defaults.max_labels, defaults.max_label_chars) == (
+        32_000,
+        64,
+        200,
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,6 +50,18 @@ def test_file_then_env_then_options() -> None:
         ),
         ({}, {"embedder_process": "no"}, "embedder_process = 'no' must be true or false"),
         ({"METALLM_EMBEDDER_THREADS": "-1"}, None, "embedder_threads = -1 must be ≥ 0"),
+        (
+            {"METALLM_MAX_TEXT_CHARS": "0"},
+            None,
+            "max_text_chars = 0 must be between 1 and 10000000",
+        ),
+        (
+            {"METALLM_MAX_TEXT_CHARS": "lots"},
+            None,
+            "METALLM_MAX_TEXT_CHARS = 'lots' is not a valid int",
+        ),
+        ({}, {"max_labels": 0}, "max_labels = 0 must be between 1 and 10000"),
+        ({}, {"max_label_chars": 10**6}, "max_label_chars = 1000000 must be between 1 and 100000"),
     ],
 )
 def test_bad_settings(env: dict, file: dict | None, match: str) -> None:
