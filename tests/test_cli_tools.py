@@ -29,6 +29,8 @@ def test_submit_feedback_and_tail(
     assert main(["submit", str(queries), "--redis-url", redis_url, "--prefix", prefix]) == 0
     got = [f for _, f in r.xrange(keys.queries)]
     assert [g[b"id"] for g in got] == [b"a", b"b"] and json.loads(got[0][b"meta"]) == {"user": 7}
+    for qid in ("a", "b"):  # as the router leaves them once it has answered
+        r.hset(keys.decision(qid), mapping={"labels": '["Yes", "No"]', "label": "No"})
     assert (
         main(
             [
@@ -73,7 +75,7 @@ def test_submit_feedback_and_tail(
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "c"}\n')
     assert main(["submit", str(bad), "--redis-url", redis_url, "--prefix", prefix]) == 2
-    assert "needs non-empty 'id' and 'text'" in capsys.readouterr().err
+    assert "bad.jsonl line 1: missing or empty field 'text'" in capsys.readouterr().err
 
 
 def test_demo_end_to_end_writes_the_table(data_dir: Path, tmp_path: Path) -> None:
