@@ -210,7 +210,7 @@ class Learner:
             self._learn(record, correct)
             batch.outcomes[k] = "joined"
         async with self.r.pipeline(transaction=True) as pipe:
-            for k, (stage, reason) in batch.invalid.items():
+            for k, (stage, reason) in sorted(batch.invalid.items()):  # in stream order
                 e = batch.entries[k]
                 pipe.xadd(self.keys.dead, dead_fields(e, stage, reason))
                 self.m.dead_letters.labels(stage).inc()
