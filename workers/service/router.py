@@ -183,9 +183,13 @@ class Router:
         now = time.monotonic()
         if now - self._last_claim >= s.claim_idle_ms / 2000:
             self._last_claim = now
+            # Taken before the claim: an entry answered while XAUTOCLAIM is out has left
+            # _working, yet comes back in the claim's reply, and must not be taken up again
+            # (a second answer, or a dead letter at stage deliveries with its own response).
+            busy = set(self._working)
             claimed = await claim_stale(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
                                         s.claim_idle_ms, s.batch_size)  # fmt: skip
-            entries = [e for e in claimed if e.id not in self._working]
+            entries = [e for e in claimed if e.id not in busy]
         if len(entries) < s.batch_size:
             entries += await read_new(self.r, self.keys.queries, ROUTERS_GROUP, self.consumer,
                                       s.batch_size - len(entries), s.block_ms if block else None)  # fmt: skip
