@@ -28,11 +28,13 @@ from redis.exceptions import RedisError
 
 from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
+from workers.service import messages
 from workers.service.answers import parse_label
 from workers.service.breaker import Breakers
 from workers.service.dispatch import Answer, Dispatcher, Redraw
 from workers.service.embedding import RouterEmbedder
 from workers.service.memory import HeapTrimmer
+from workers.service.messages import BadQuery, usable_id
 from workers.service.metrics import Metrics
 from workers.service.ownership import Holder, Ownership
 from workers.service.providers import Provider
@@ -42,6 +44,7 @@ from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
     Entry,
     claim_stale,
+    clip,
     dead_letter,
     ensure_group,
     group_backlog,
@@ -52,10 +55,6 @@ from workers.service.upkeep import keep
 log = logging.getLogger(__name__)
 REPEAT_CHECK_S = 0.2  # how often repeated ids waiting for their first answer look again
 T = TypeVar("T")
-
-
-class BadQuery(ValueError):
-    """A query entry that can never be answered (goes to the dead-letter stream)."""
 
 
 @dataclass(frozen=True)
@@ -84,35 +83,19 @@ class Batch:
     started: float  # perf_counter when it was read
 
 
-def parse_query(entry: Entry, config: RoutingConfig) -> Query:
-    f = entry.fields
-    qid, text = f.get("id", "").strip(), f.get("text", "")
-    if not qid:
-        raise BadQuery("missing field 'id'")
-    if not text.strip():
-        raise BadQuery("missing or empty field 'text'")
-    task = f.get("task", "").strip()
-    if task and task != config.task.name:
-        raise BadQuery(f"unknown task {task!r}; this router serves {config.task.name!r}")
-    labels = config.task.labels
-    if f.get("labels"):
-        try:
-            parsed = json.loads(f["labels"])
-        except ValueError as exc:
-            raise BadQuery(f"field 'labels' is not JSON: {exc}") from None
-        if (
-            not isinstance(parsed, list)
-            or not parsed
-            or not all(isinstance(x, str) for x in parsed)
-        ):
-            raise BadQuery("field 'labels' must be a non-empty JSON list of strings")
-        labels = tuple(parsed)
-    if f.get("meta"):
-        try:
-            json.loads(f["meta"])
-        except ValueError as exc:
-            raise BadQuery(f"field 'meta' is not JSON: {exc}") from None
-    return Query(entry, qid, text, labels, f.get("meta", ""))
+def parse_query(entry: Entry, settings: ServiceSettings, config: RoutingConfig) -> Query:
+    """The query an entry holds, or BadQuery (workers/service/messages.py has the rules)."""
+    q = messages.parse_query(entry.fields, settings, config.task)
+    return Query(entry, q.id, q.text, q.labels, q.meta)
+
+
+def dead_response(qid: str, error: str) -> dict[str, Any]:
+    """The response to a query that was dead-lettered: the fields of every response, with
+    no arm, answer or label, zeros, and the reason in ``error`` (so a client waiting for
+    this id is answered)."""
+    return {"id": qid, "arm": "", "answer": "", "label": "", "prob": "0", "explored": 0,
+            "fallback": 0, "cost_usd": "0.0", "tokens_in": 0, "tokens_out": 0, "latency_ms": 0,
+            "model_version": 0, "error": clip(error)}  # fmt: skip
 
 
 class Router:
@@ -291,8 +274,11 @@ class Router:
                     f"delivered {e.deliveries} times (max {self.settings.max_deliveries})",
                 )
                 continue
+            if e.decode_error:
+                await self._dead(e, "decode", e.decode_error)
+                continue
             try:
-                queries.append(parse_query(e, self.config))
+                queries.append(parse_query(e, self.settings, self.config))
             except BadQuery as exc:
                 await self._dead(e, "parse", str(exc))
         if not queries:
@@ -387,8 +373,15 @@ class Router:
         return await self.link.persist(write, what)
 
     async def _dead(self, entry: Entry, stage: str, error: str) -> None:
+        """Dead-letter an entry and, when it has an id a client can wait for, answer it with
+        the reason, in one transaction."""
+        qid = usable_id(entry.fields)
+        s = self.settings
+        response = (
+            (self.keys.responses, dead_response(qid, error), s.responses_maxlen) if qid else None
+        )
         await dead_letter(self.r, self.keys.dead, self.keys.queries, ROUTERS_GROUP, entry, stage,
-                          error, maxlen=self.settings.dead_maxlen)  # fmt: skip
+                          error, maxlen=s.dead_maxlen, response=response)  # fmt: skip
         self.m.dead_letters.labels(stage).inc()
 
     async def _store_decisions(
