@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -29,22 +28,21 @@ from redis.exceptions import RedisError
 from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
 from workers.service import messages
-from workers.service.answers import parse_label
 from workers.service.breaker import Breakers
-from workers.service.dispatch import Answer, Dispatcher, Redraw
+from workers.service.dispatch import Dispatcher, Redraw
 from workers.service.embedding import RouterEmbedder
 from workers.service.memory import HeapTrimmer
 from workers.service.messages import BadQuery, usable_id
 from workers.service.metrics import Metrics
-from workers.service.ownership import Holder, Ownership
+from workers.service.ownership import Ownership
 from workers.service.providers import Provider
 from workers.service.reconnect import REDIS_OUTAGE, RedisLink
+from workers.service.records import Records, dead_response
 from workers.service.retry import RetryPolicy
 from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
     Entry,
     claim_stale,
-    clip,
     dead_letter,
     ensure_group,
     group_backlog,
@@ -89,15 +87,6 @@ def parse_query(entry: Entry, settings: ServiceSettings, config: RoutingConfig) 
     return Query(entry, q.id, q.text, q.labels, q.meta)
 
 
-def dead_response(qid: str, error: str) -> dict[str, Any]:
-    """The response to a query that was dead-lettered: the fields of every response, with
-    no arm, answer or label, zeros, and the reason in ``error`` (so a client waiting for
-    this id is answered)."""
-    return {"id": qid, "arm": "", "answer": "", "label": "", "prob": "0", "explored": 0,
-            "fallback": 0, "cost_usd": "0.0", "tokens_in": 0, "tokens_out": 0, "latency_ms": 0,
-            "model_version": 0, "error": clip(error)}  # fmt: skip
-
-
 class Router:
     def __init__(
         self,
@@ -135,6 +124,7 @@ class Router:
         self._embedder_free_at = 0.0  # perf_counter when the embedder last finished a batch
         self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
         self.ownership = Ownership(redis, self.keys, self.consumer, settings.claim_idle_ms)
+        self.records = Records(redis, self.keys, settings, config.arms, metrics, self.ownership)
         self._last_repeat_check = 0.0
         self._abandoned: list[str] = []  # query ids whose calls the shutdown deadline cut
         self._adopt(policy)
@@ -311,7 +301,7 @@ class Router:
             decisions = self.policy.decide_lines(
                 shared, available=healthy if healthy.any() else None
             )
-        held = await self._persist(lambda _: self._store_decisions(queries, decisions, shared),
+        held = await self._persist(lambda _: self.records.store(self.policy, queries, decisions, shared),
                                    "storing decisions")  # fmt: skip
         mine = [i for i, h in enumerate(held) if h is None]
         for q, h in zip(queries, held, strict=True):
@@ -346,7 +336,9 @@ class Router:
                 ready = [(*calls[t], t.result()) for t in done]
                 # Through a Redis outage: these answers are paid for, and another router
                 # claiming them would pay again.
-                await self._persist(partial(self._write_responses, ready), "writing responses")
+                await self._persist(
+                    partial(self.records.respond, self.policy, ready), "writing responses"
+                )
                 self._unanswered -= len(ready)
                 self._answered.set()
                 elapsed = time.perf_counter() - batch.started
@@ -383,88 +375,6 @@ class Router:
         await dead_letter(self.r, self.keys.dead, self.keys.queries, ROUTERS_GROUP, entry, stage,
                           error, maxlen=s.dead_maxlen, response=response)  # fmt: skip
         self.m.dead_letters.labels(stage).inc()
-
-    async def _store_decisions(
-        self, queries: list[Query], decisions: list[Decision], shared: list[str]
-    ) -> list[Holder | None]:
-        """Store each decision record unless its id has one already: None where this router
-        now owns the id, else who holds it."""
-        ttl = self.settings.decision_ttl_s()
-        async with self.r.pipeline(transaction=False) as pipe:
-            for q, d, line in zip(queries, decisions, shared, strict=True):
-                await self.ownership.take(pipe, q.id, q.entry.id, ttl, {
-                    "shared": line, **self._drawn(d), "p": repr(self.policy.config.p),
-                    "labels": json.dumps(q.labels), "decided_at": repr(time.time()),
-                    "explored": int(d.explored),
-                })  # fmt: skip
-            replies = await pipe.execute()
-        held = [Holder.from_reply(reply) for reply in replies]
-        for d, h in zip(decisions, held, strict=True):
-            if h is None:
-                self.m.explored.labels("explored" if d.explored else "exploited").inc()
-        return held
-
-    def _drawn(self, d: Decision) -> dict[Any, Any]:
-        """A decision record's fields that say what was drawn, and with what probability."""
-        return {"arm": d.arm, "arm_name": self.policy.arm_names[d.arm], "prob": repr(d.prob),
-                "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(self.policy.costs[d.arm])),
-                "model_version": d.model_version}  # fmt: skip
-
-    async def _write_responses(
-        self, ready: list[tuple[Query, Decision, Answer]], retrying: bool = False
-    ) -> None:
-        """Responses, the outcome into each decision record, and the acknowledgements, in
-        one transaction. An answer from a redraw replaces the record's arm, probability and
-        pmf with the redraw's: that is the draw the answering arm was chosen by, so its
-        answer is learned like any other. ``retrying``: an earlier attempt's reply was lost,
-        and the transaction may have run: the queries no longer pending were written then
-        (the ack is in the same transaction)."""
-        if retrying:
-            ready = await self._still_pending(ready)
-        now = time.time()
-        spent: list[tuple[str, float]] = []
-        async with self.r.pipeline(transaction=True) as pipe:
-            for q, _, a in ready:
-                d = a.decision
-                arm = self.config.arms.arms[a.arm]
-                c = a.completion
-                label = (parse_label(c.text, q.labels) or "") if c else ""
-                cost = arm.cost_usd(c.tokens_in, c.tokens_out) if c else 0.0
-                fields: dict[Any, Any] = {
-                    "id": q.id, "arm": arm.name, "answer": c.text if c else "", "label": label,
-                    "prob": repr(d.prob), "explored": int(d.explored), "fallback": int(a.fell_back),
-                    "cost_usd": repr(cost), "tokens_in": c.tokens_in if c else 0,
-                    "tokens_out": c.tokens_out if c else 0, "latency_ms": round(a.latency_s * 1000, 1),
-                    "model_version": d.model_version, "error": a.error,
-                }  # fmt: skip
-                if q.meta:
-                    fields["meta"] = q.meta
-                pipe.xadd(self.keys.responses, fields, maxlen=self.settings.responses_maxlen,
-                          approximate=True)  # fmt: skip
-                key = self.keys.decision(q.id)
-                outcome: dict[Any, Any] = {"label": label, "answered_by": arm.name, "failed": int(c is None),
-                                           "cost_usd": repr(cost), "response": json.dumps(fields)}  # fmt: skip
-                if a.fell_back:
-                    outcome.update(self._drawn(d), redrawn=1)
-                pipe.hset(key, mapping=outcome)
-                pipe.zadd(self.keys.awaiting, {q.id: now + self.settings.reward_wait_s})
-                pipe.xack(self.keys.queries, ROUTERS_GROUP, q.entry.id)
-                if c is not None:
-                    spent.append((arm.name, cost))
-            await pipe.execute()
-        for name, cost in spent:
-            self.m.routed.labels(name).inc()
-            self.m.spend.labels(name).inc(cost)
-
-    async def _still_pending(
-        self, ready: list[tuple[Query, Decision, Answer]]
-    ) -> list[tuple[Query, Decision, Answer]]:
-        async with self.r.pipeline(transaction=False) as pipe:
-            for q, _, _ in ready:
-                pipe.xpending_range(self.keys.queries, ROUTERS_GROUP, min=q.entry.id,
-                                    max=q.entry.id, count=1)  # fmt: skip
-            replies = await pipe.execute()
-        return [x for x, pending in zip(ready, replies, strict=True) if pending]
 
     # -- model snapshots -----------------------------------------------------------------
     async def note_published(self) -> None:
