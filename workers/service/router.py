@@ -56,12 +56,10 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Query:
+class Query(messages.Query):
+    """A query and the stream entry it came in."""
+
     entry: Entry
-    id: str
-    text: str
-    labels: tuple[str, ...]
-    meta: str
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ class Batch:
 def parse_query(entry: Entry, settings: ServiceSettings, config: RoutingConfig) -> Query:
     """The query an entry holds, or BadQuery (workers/service/messages.py has the rules)."""
     q = messages.parse_query(entry.fields, settings, config.task)
-    return Query(entry, q.id, q.text, q.labels, q.meta)
+    return Query(q.id, q.text, q.labels, q.meta, entry)
 
 
 class Router:
