@@ -90,7 +90,7 @@ from workers.harness.demo import free_port
 log = logging.getLogger("chaos")
 CHECKOUT = Path(__file__).resolve().parents[1]
 # --short: the CI bound (under ~4 minutes on 2 cores); the full run stays under ~20.
-SHORT = ChaosOptions(queries=20, rate_qps=12.0, routers=2, settle_s=15.0, drain_s=8.0,
+SHORT = ChaosOptions(queries=20, rate_qps=12.0, routers=2, settle_s=20.0, drain_s=20.0,
                      outage_s=8.0, slow_s=6.0)  # fmt: skip
 FULL = ChaosOptions(queries=150, rate_qps=10.0, routers=3, settle_s=60.0, drain_s=30.0,
                     outage_s=20.0, slow_s=12.0)  # fmt: skip
