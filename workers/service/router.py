@@ -413,9 +413,15 @@ class Router:
 
     def _drawn(self, d: Decision) -> dict[Any, Any]:
         """A decision record's fields that say what was drawn, and with what probability."""
-        return {"arm": d.arm, "arm_name": self.policy.arm_names[d.arm], "prob": repr(d.prob),
-                "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(self.policy.costs[d.arm])),
-                "model_version": d.model_version}  # fmt: skip
+        drawn = {"arm": d.arm, "arm_name": self.policy.arm_names[d.arm], "prob": repr(d.prob),
+                 "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(self.policy.costs[d.arm])),
+                 "model_version": d.model_version}  # fmt: skip
+        if self.policy.config.mode == "decoupled":
+            # Each arm's P̂(correct), shape (n_arms,): the scores are P̂ − p·c. Off-policy
+            # evaluation prices greedy-at-other-p with it (paper mode has no P̂).
+            p = self.policy.config.p
+            drawn["predicted"] = json.dumps((d.scores + p * self.policy.costs).tolist())
+        return drawn
 
     async def _write_responses(
         self, ready: list[tuple[Query, Decision, Answer]], retrying: bool = False
