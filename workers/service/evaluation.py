@@ -111,7 +111,37 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-class LiveEvaluation:
+class Evaluation:
+    """Off-policy evaluation switched off: the learner's hooks, doing nothing."""
+
+    async def ensure_restored(self) -> None:
+        """Read the committed state, once, before the first label or commit."""
+
+    async def restore(self) -> None:
+        """Go back to the committed state (the learner rewinds)."""
+
+    async def promotion_due(self) -> bool:
+        """Whether a promotion was asked for (looked up every few seconds)."""
+        return False
+
+    def promote(self, live: Policy) -> Policy | None:
+        """The candidate asked for, as the learner's next model; None: none to take."""
+        return None
+
+    def observe(self, record: dict[str, str], correct: float) -> None:
+        """One learned label's decision record (never a default reward)."""
+
+    def queue_commit(self, pipe: Any) -> None:
+        """Add the state to the learner's commit transaction ``pipe``."""
+
+    def committed(self, metrics: Metrics) -> None:
+        """The commit went through."""
+
+
+OPE_OFF = Evaluation()  # stateless: one for every learner without off-policy evaluation
+
+
+class LiveEvaluation(Evaluation):
     """The estimators and the shadow candidates of one learner (see the module doc).
 
     ``costs``: shape (n_arms,), the arms' normalised costs greedy-at-p prices.
@@ -174,12 +204,13 @@ class LiveEvaluation:
         elif self._drop_request:
             pipe.delete(self.keys.promote)
 
-    def committed(self) -> None:
-        """The commit that ``queue_commit`` joined went through."""
+    def committed(self, metrics: Metrics) -> None:
+        """The commit that ``queue_commit`` joined went through: export the estimates."""
         if self._promoted is not None:
             log.info("promotion of shadow candidate %r committed", self._promoted)
             self._promoted = None
         self._drop_request = False
+        self.export(metrics)
 
     # -- candidates ---------------------------------------------------------------------
     async def sync(self, force: bool = False) -> None:
@@ -218,32 +249,33 @@ class LiveEvaluation:
             except (ValueError, TypeError, KeyError):
                 log.warning("promotion request %r is not {name, force} JSON: ignored", raw)
 
-    def take_promotion(self) -> tuple[str, Policy, bool] | None:
-        """The candidate asked to be promoted, taken out of the shadows: (name, policy,
-        forced); the next commit deletes the request and the candidate from Redis."""
+    async def promotion_due(self) -> bool:
+        await self.sync()
+        return self.promotion is not None
+
+    def promote(self, live: Policy) -> Policy | None:
+        """The candidate asked for, taken out of the shadows, as the learner's next model:
+        the online learning rate, the live p when both decide at decision time (decoupled),
+        and a version above the live one so that the routers hot-reload it. The next
+        commit deletes the request and the candidate from Redis."""
         if self.promotion is None:
             return None
         name, forced = self.promotion
         self.promotion = None
-        policy = self.candidates.pop(name, None)
-        if policy is None:
+        candidate = self.candidates.pop(name, None)
+        if candidate is None:
             log.warning("promotion of %r refused: no such usable shadow candidate", name)
             self._drop_request = True
             return None
         self.ev.remove_shadow(name)
         self._promoted = name
-        return name, policy, forced
-
-    @staticmethod
-    def as_model(candidate: Policy, live: Policy) -> Policy:
-        """The candidate as the learner's next model: the online learning rate, the live
-        p when both decide at decision time (decoupled), and a version above the live one
-        so that the routers hot-reload it."""
         config = candidate.config.for_online()
         if config.mode == live.config.mode == "decoupled":
             config = config.replace(p=live.config.p)
         model = candidate if config == candidate.config else candidate.with_config(config)
         model.updates = max(model.updates, live.version + 1)
+        log.warning("shadow candidate %r promoted%s: it is model version %d", name,
+                    " (forced past the estimates)" if forced else "", model.version)  # fmt: skip
         return model
 
     # -- one label ----------------------------------------------------------------------

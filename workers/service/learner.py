@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from bandit.policy import Policy
 from bandit.reward import is_correct
 from bandit.reward import reward as reward_of
-from workers.service.evaluation import LiveEvaluation
+from workers.service.evaluation import OPE_OFF, Evaluation
 from workers.service.metrics import Metrics
 from workers.service.settings import DEFAULT_LEARNER_CONSUMER, LEARNERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
@@ -53,8 +53,8 @@ FEEDBACK_BATCH = 512
 # A commit is due, whatever the cadence, once this many entries or ids wait for it: what
 # is held in memory (and re-read after a crash) stays bounded when nothing is learned.
 COMMIT_MAX_HELD = 20_000
-# What learning needs of a decision record (the router writes more, for replay and audit).
-# The last four feed the off-policy estimates (workers/service/evaluation.py).
+# What learning (and, from pmf on, the off-policy estimates) needs of a decision record;
+# the router writes more, for replay and audit.
 RECORD_FIELDS = ("shared", "arm", "arm_name", "prob", "cost", "label", "fallback", "failed",
                  "pmf", "predicted", "cost_usd", "p")  # fmt: skip
 # Updates learned between yields to the event loop, so the read-ahead (and, in serve, the
@@ -137,9 +137,8 @@ class _Uncommitted:
 
 class Learner:
     def __init__(self, settings: ServiceSettings, policy: Policy, redis: aioredis.Redis,
-                 metrics: Metrics, ope: LiveEvaluation | None = None) -> None:  # fmt: skip
-        self.settings, self.policy, self.r, self.m = settings, policy, redis, metrics
-        self.ope = ope  # off-policy estimates and shadow candidates; None: off
+                 metrics: Metrics, ope: Evaluation = OPE_OFF) -> None:  # fmt: skip
+        self.settings, self.policy, self.r, self.m, self.ope = settings, policy, redis, metrics, ope
         self.keys = Keys(settings.prefix)
         self.consumer = settings.consumer or DEFAULT_LEARNER_CONSUMER
         self._since_publish = 0
@@ -162,8 +161,7 @@ class Learner:
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_group(self.r, self.keys.feedback, LEARNERS_GROUP)
-        if self.ope:
-            await self.ope.ensure_restored()
+        await self.ope.ensure_restored()
         if await self.r.get(self.keys.model_version) is None:
             await self.publish()  # routers start from the same model the learner has
         while not stop.is_set():
@@ -188,8 +186,7 @@ class Learner:
         self._since_publish = 0
         self.published_version = self.policy.version
         self.m.model_version.set(self.policy.version)
-        if self.ope:  # the estimates go back to the commit with the model
-            await self.ope.restore()
+        await self.ope.restore()  # the estimates go back to the commit with the model
         log.info("rewound to the committed model version %d", self.policy.version)
 
     async def step(self) -> int:
@@ -288,8 +285,7 @@ class Learner:
                 batch.outcomes[k] = "invalid"
                 batch.errors[k] = f"its decision record cannot be learned: {exc!r}"
                 continue
-            if self.ope:  # labels only: a default reward is no outcome to estimate from
-                self.ope.observe(record, correct)
+            self.ope.observe(record, correct)  # labels only: a default reward is no outcome
             batch.outcomes[k] = "joined"
         todo = self._uncommitted
         todo.markers += batch.mark
@@ -354,22 +350,11 @@ class Learner:
         self.m.feedback.labels(outcome).inc()
 
     async def maybe_promote(self) -> None:
-        """Continue from a shadow candidate that ``metallm shadow promote`` asked for: what
-        the current model learned is committed first, then the candidate is published as
-        the next version (the routers hot-reload it) and learns from here on."""
-        if self.ope is None:
-            return
-        await self.ope.sync()
-        if self.ope.promotion is None:
-            return
-        await self.publish(model=self.policy.version != self.published_version)
-        taken = self.ope.take_promotion()
-        if taken is not None:
-            name, candidate, forced = taken
-            self.policy = LiveEvaluation.as_model(candidate, self.policy)
-            log.warning("shadow candidate %r promoted%s: it is model version %d", name,
-                        " (forced past the estimates)" if forced else "", self.policy.version)  # fmt: skip
-            await self.publish()
+        """Commit what this model learned, then publish the candidate asked for (if any)."""
+        if await self.ope.promotion_due():
+            await self.publish(model=self.policy.version != self.published_version)
+            self.policy = self.ope.promote(self.policy) or self.policy
+            await self.publish(model=self.policy.version != self.published_version)
 
     async def maybe_publish(self) -> None:
         s, held = self.settings, self._uncommitted.held()
@@ -389,8 +374,7 @@ class Learner:
         time; ``model=False`` leaves them as they are) with the markers, awaiting-set removals, dead letters and
         acknowledgements of everything learned or handled since the last commit. Then the
         snapshot goes to disk (a cache: see ``newest_snapshot``)."""
-        if self.ope:  # never overwrite the committed estimates with fresh ones
-            await self.ope.ensure_restored()
+        await self.ope.ensure_restored()  # never overwrite the committed estimates
         version, now = self.policy.version, time.time()
         data = self.policy.to_bytes() if model else None
         todo, self._uncommitted = self._uncommitted, _Uncommitted()
@@ -400,9 +384,7 @@ class Learner:
             todo.merge(self._uncommitted)  # not committed: the next commit writes it all
             self._uncommitted = todo
             raise
-        if self.ope:
-            self.ope.committed()
-            self.ope.export(self.m)
+        self.ope.committed(self.m)
         self._seen.difference_update(todo.markers)
         self._reading.difference_update(todo.acks)
         self._since_publish = 0
@@ -425,8 +407,7 @@ class Learner:
                 pipe.set(k.model_bytes, data)
                 pipe.set(k.model_version, self.policy.version)
                 pipe.set(k.model_published, repr(now))
-            if self.ope:
-                self.ope.queue_commit(pipe)
+            self.ope.queue_commit(pipe)
             if todo.markers or todo.settled:
                 markers = [k.learned(qid) for qid in todo.markers]
                 # Queued in the transaction (awaiting it sends nothing yet).
