@@ -40,8 +40,9 @@ intervals, stops the workers (SIGTERM), and prints one row per fault:
                    (each row starts at 0 on its fresh prefix)
   learned_twice    labels_learned minus the learnable labels, when positive
   labels_lost      the learnable labels minus labels_learned, when positive; learnable =
-                   labelled ids whose first response has no error and no fallback (the
-                   label answers the first response the application got)
+                   labelled ids whose first response has no error (a redrawn arm's
+                   answer, fallback=1, is learned too; the label answers the first
+                   response the application got)
   worker_crashes   router or learner processes that exited without being killed by the
                    script (each is restarted and the row goes on)
 
