@@ -55,8 +55,7 @@ FEEDBACK_BATCH = 512
 # A commit is due, whatever the cadence, once this many entries or ids wait for it: what
 # is held in memory (and re-read after a crash) stays bounded when nothing is learned.
 COMMIT_MAX_HELD = 20_000
-# What learning (and, from pmf on, the off-policy estimates) needs of a decision record;
-# the router writes more, for replay and audit.
+# What learning and (from pmf on) off-policy evaluation need of a decision record.
 RECORD_FIELDS = ("shared", "arm", "arm_name", "prob", "cost", "label", "fallback", "failed",
                  "labels", "pmf", "predicted", "cost_usd", "p")  # fmt: skip
 # Updates learned between yields to the event loop, so the read-ahead (and, in serve, the
