@@ -17,6 +17,7 @@ from workers.cli.options import add_redis_options, service_settings
 from workers.service.evaluation import OPEKeys
 
 ARM_PREFIX = "always:"
+WIDE_INTERVAL = 0.2  # an accuracy interval wider than this (20 pp) is flagged in the headline
 
 
 def register(sub: Any) -> None:
@@ -123,4 +124,9 @@ def cmd_report(args: argparse.Namespace, env: Mapping[str, str]) -> int:
           "(SNIPS; Gaussian 95 % intervals)")  # fmt: skip
     print_table(estimates, sys.stdout)
     print(head.text())
+    lo, hi = head.best.acc.gaussian if head.best else (None, None)
+    if lo is not None and hi is not None and hi - lo > WIDE_INTERVAL:
+        # A rarely drawn arm's SNIPS rests on a few explored labels: say so beside the claim.
+        print(f"(few labels for {head.best.policy if head.best else ''}: its accuracy's 95 % "
+              f"interval is [{_pct(lo)}, {_pct(hi)}])")  # fmt: skip
     return 0
