@@ -23,9 +23,9 @@ delivery) every third of ``claim_idle_ms``, and says it is alive with a key of t
 from __future__ import annotations
 
 import functools
-import secrets
 import json
 import logging
+import secrets
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
