@@ -328,11 +328,9 @@ class OffPolicyEvaluator:
 
     def _check_decision(self, d: LoggedDecision) -> tuple[int, float]:
         pmf = np.asarray(d.pmf, dtype=np.float64)
-        if (
-            pmf.shape != (self.n_arms,)
-            or not np.all(np.isfinite(pmf))
-            or np.any(pmf < 0)
-            or abs(float(pmf.sum()) - 1.0) > PMF_TOLERANCE
+        # min ≥ 0 and |Σ − 1| ≤ tolerance, written so that NaN fails them and ±inf fails one
+        if pmf.shape != (self.n_arms,) or not (
+            pmf.min() >= 0.0 and abs(float(pmf.sum()) - 1.0) <= PMF_TOLERANCE
         ):
             raise EstimatorError(
                 f"logged pmf {pmf.tolist()} must be {self.n_arms} probabilities summing to 1"
@@ -348,7 +346,7 @@ class OffPolicyEvaluator:
             raise EstimatorError(f"cost {d.cost_usd} must be a finite number ≥ 0 (USD)")
         if d.predicted is not None:
             pred = np.asarray(d.predicted)
-            if pred.shape != (self.n_arms,) or not np.all(np.isfinite(pred)):
+            if pred.shape != (self.n_arms,) or not np.isfinite(pred).all():
                 raise EstimatorError(
                     f"predicted correctness {pred.tolist()} must be {self.n_arms} finite numbers"
                 )

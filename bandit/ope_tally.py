@@ -213,14 +213,15 @@ def _clip(bounds: Bounds) -> Bounds:
 
 
 class Selection:
-    """Which targets one ``Tallies.add`` feeds: their columns (all of them: ``None``) and,
-    among them, those that keep a confidence sequence. Made by ``Tallies.select``; valid
-    until a target is added or removed."""
+    """Which targets one ``Tallies.add`` feeds: their columns (all of them: ``None``),
+    among them those that keep a confidence sequence, and the buffer their sums' increments
+    are computed in, shape (rows − 1, n_fed), row 0 all ones (the count). Made by
+    ``Tallies.select``; valid until a target is added or removed."""
 
-    __slots__ = ("cols", "cs_cols")
+    __slots__ = ("buf", "cols", "cs_cols")
 
-    def __init__(self, cols: np.ndarray | None, cs_cols: list[int]) -> None:
-        self.cols, self.cs_cols = cols, cs_cols
+    def __init__(self, cols: np.ndarray | None, cs_cols: list[int], buf: np.ndarray) -> None:
+        self.cols, self.cs_cols, self.buf = cols, cs_cols, buf
 
 
 class Tallies:
@@ -229,9 +230,10 @@ class Tallies:
     of ``block_size`` labels (see the module doc).
 
     The sums of a span are an array of shape (3 + 2·quantities, n_targets): row 0 n, row
-    1 Σ w, then Σ w·r and Σ (w·r)² per quantity, the last row max w. ``total`` and the
-    newest block ``current`` are such arrays; each target's completed blocks, oldest
-    first, are columns of one in ``done[target]``.
+    1 Σ w, then Σ w·r and Σ (w·r)² per quantity, the last row max w. ``sums``, shape
+    (2, rows, n_targets), holds two: ``total`` and the newest block ``current``, so that
+    one operation updates both; each target's completed blocks, oldest first, are
+    columns of such an array in ``done[target]``.
     """
 
     def __init__(self, block_size: int, blocks: int, quantities: int) -> None:
@@ -242,8 +244,7 @@ class Tallies:
             )
         self.block_size, self.blocks, self.quantities = block_size, blocks, quantities
         self.rows = 3 + 2 * quantities
-        self.total = np.zeros((self.rows, 0))
-        self.current = np.zeros((self.rows, 0))
+        self.sums = np.zeros((2, self.rows, 0))
         self.done: list[deque[np.ndarray]] = []
         # per target and quantity; None for the targets that keep no confidence sequence
         self.cs: list[list[cs.Interval] | None] = []
@@ -253,20 +254,28 @@ class Tallies:
 
     @property
     def n_targets(self) -> int:
-        return self.total.shape[1]
+        return self.sums.shape[2]
+
+    @property
+    def total(self) -> np.ndarray:
+        """The cumulative sums, shape (rows, n_targets)."""
+        return self.sums[0]
+
+    @property
+    def current(self) -> np.ndarray:
+        """The newest block's sums, shape (rows, n_targets)."""
+        return self.sums[1]
 
     def add_target(self, *, with_cs: bool) -> int:
         """A new target with no labels yet; its column (the last)."""
-        self.total = np.hstack([self.total, np.zeros((self.rows, 1))])
-        self.current = np.hstack([self.current, np.zeros((self.rows, 1))])
+        self.sums = np.concatenate([self.sums, np.zeros((2, self.rows, 1))], axis=2)
         self.done.append(deque(maxlen=self.blocks - 1))
         self.cs.append([cs.Interval() for _ in range(self.quantities)] if with_cs else None)
         return self.n_targets - 1
 
     def remove_target(self, col: int) -> None:
         """Forget target ``col``; the later columns move down by one."""
-        self.total = np.delete(self.total, col, axis=1)
-        self.current = np.delete(self.current, col, axis=1)
+        self.sums = np.delete(self.sums, col, axis=2)
         del self.done[col]
         del self.cs[col]
 
@@ -274,7 +283,9 @@ class Tallies:
         """The targets ``cols`` (indices, increasing; None: every target) for ``add``."""
         fed = range(self.n_targets) if cols is None else cols.tolist()
         picked = None if cols is None else np.asarray(cols, dtype=np.intp)
-        return Selection(picked, [int(t) for t in fed if self.cs[t] is not None])
+        buf = np.empty((self.rows - 1, len(fed)))
+        buf[0] = 1.0
+        return Selection(picked, [int(t) for t in fed if self.cs[t] is not None], buf)
 
     def add(
         self, p_log: float, outcomes: np.ndarray, p_pred: np.ndarray, selection: Selection
@@ -283,27 +294,21 @@ class Tallies:
         ``outcomes``, shape (quantities, 1), each in [0, 1]; ``p_pred``, shape
         (n_targets,), each target's probability of the logged arm ∈ [0, 1], of which the
         targets ``selection`` picks are fed."""
-        cols = selection.cols
+        cols, delta, q, sums = selection.cols, selection.buf, self.quantities, self.sums
         if self._fullest >= self.block_size:
             self._start_blocks(cols)
-        pred = p_pred if cols is None else p_pred[cols]
-        q = self.quantities
-        w = pred / p_log
-        delta = np.empty((self.rows - 1, w.shape[0]))
-        delta[0] = 1.0
-        delta[1] = w
-        np.multiply(outcomes, w, out=delta[2 : 2 + q])
+        w = delta[1]  # row 0 stays 1: the count
+        np.divide(p_pred if cols is None else p_pred[cols], p_log, out=w)
+        np.multiply(outcomes, w, out=delta[2 : 2 + q])  # w·r, the same product as the library's
         np.square(delta[2 : 2 + q], out=delta[2 + q :])
+        # total and the newest block at once: each sum grows by one term per label, in label
+        # order, as the library's ``+=`` grows it
         if cols is None:
-            self.total[:-1] += delta
-            self.current[:-1] += delta
-            np.maximum(self.total[-1], w, out=self.total[-1])
-            np.maximum(self.current[-1], w, out=self.current[-1])
+            sums[:, :-1] += delta
+            np.maximum(sums[:, -1], w, out=sums[:, -1])
         else:
-            self.total[:-1, cols] += delta
-            self.current[:-1, cols] += delta
-            self.total[-1, cols] = np.maximum(self.total[-1, cols], w)
-            self.current[-1, cols] = np.maximum(self.current[-1, cols], w)
+            sums[:, :-1, cols] += delta
+            sums[:, -1, cols] = np.maximum(sums[:, -1, cols], w)
         self._fullest += 1
         if selection.cs_cols:
             rs = outcomes[:, 0].tolist()
@@ -380,9 +385,9 @@ class Tallies:
             intervals.append(None if data["cs"] is None else _load_cs(data["cs"]))
         if len({len(w) for w in windows}) != 1 or len({i is None for i in intervals}) != 1:
             raise EstimatorError("the quantities' tally states disagree on window or cs")
-        self.total[:, col] = self._column(totals)
+        self.sums[0, :, col] = self._column(totals)
         blocks = [self._column(list(spans)) for spans in zip(*windows, strict=True)]
-        self.current[:, col] = blocks[-1]
+        self.sums[1, :, col] = blocks[-1]
         self.done[col] = deque(blocks[:-1], maxlen=self.blocks - 1)
         self.cs[col] = None if intervals[0] is None else intervals  # type: ignore[assignment]
         self._fullest = int(self.current[0].max(initial=0))
