@@ -3,13 +3,12 @@ on the traffic the live policy routed, estimated from its logged decisions.
 
 For every labelled decision — the logged pmf π₀(·|x), shape (n_arms,), the arm A drawn
 from it, its correctness a ∈ [0, 1] and its cost in USD — ``OffPolicyEvaluator.update``
-feeds the importance weights w = π(A|x) / π₀(A|x) of every target policy π at once, shape
-(n_targets,), and the two outcomes to ``bandit.ope_tally.Tallies``: accuracy E[a_π(x)] and
-cost E[c_π(x)] (reported per 10k queries). It keeps the estimators' running sums as numpy
-arrays over the targets and builds the library's estimator objects from them on reading,
-so a label costs a few numpy operations plus the confidence sequences (live and shadows
-by default): scripts/bench_ope.py prints the µs per label. SNIPS (Σ w·r / Σ w) is the point estimate; the intervals are those of
-``vw-estimators`` (Gaussian, Clopper-Pearson, confidence sequence), cumulative and over a
+feeds the importance weights w = π(A|x) / π₀(A|x) of all target policies π at once, shape
+(n_targets,), and the outcomes to ``bandit.ope_tally.Tallies``: accuracy E[a_π(x)] and cost
+E[c_π(x)] (reported per 10k queries). These keep the estimators' sums in numpy arrays and
+build the library's objects from them when read, so a label costs a few numpy operations
+plus the confidence sequences (scripts/bench_ope.py: µs per label). SNIPS (Σ w·r / Σ w)
+is the point estimate; the intervals are those of ``vw-estimators`` (Gaussian, Clopper-Pearson, confidence sequence), cumulative and over a
 window of recent labels. The targets, named as in metrics and reports:
 
 - ``live``: the logging policy itself (w = 1: the plain mean of what it got);
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from bandit.errors import EstimatorError
-from bandit.ope_tally import Reading, Selection, Tallies
+from bandit.ope_tally import Reading, Tallies
 from bandit.reward import check_p
 
 PER_10K = 10_000
@@ -207,16 +206,15 @@ class OffPolicyEvaluator:
 
     def __init__(self, config: OPEConfig, costs: Sequence[float] | np.ndarray) -> None:
         self.config = config
-        self.costs = self._check_costs(costs)
-        self._prices = np.asarray(config.p_grid)[:, None] * self.costs  # (len(p_grid), n_arms)
+        self.set_costs(costs)
         self.labels = 0
         self.clipped_costs = 0
         self._shadows: list[str] = []
         self._tallies = Tallies(config.block_size, config.window_blocks, quantities=2)
         # target name -> its column in the tallies: live, the arms, the greedy grid, shadows
-        self._cols: dict[str, int] = {}
-        for name in self._fixed_policies():
-            self._cols[name] = self._tallies.add_target(with_cs=self._keeps_cs(name))
+        self._cols = {
+            n: self._tallies.add_target(with_cs=self._keeps_cs(n)) for n in self._fixed_policies()
+        }
         self._greedy = slice(1 + self.n_arms, 1 + self.n_arms + len(config.p_grid))
         self._reselect()
 
@@ -243,15 +241,14 @@ class OffPolicyEvaluator:
 
     def _keeps_cs(self, name: str) -> bool:
         mode = self.config.confidence_sequence
-        return mode == "all" or (
-            mode == "promotion" and (name == LIVE or name.startswith("shadow:"))
-        )
+        shadow = name.startswith(shadow_policy(""))
+        return mode == "all" or (mode == "promotion" and (name == LIVE or shadow))
 
     def _reselect(self) -> None:
         """The targets a decision feeds, with and without predictions (which the greedy
         targets need), after the set of targets or their confidence sequences changed."""
         cols = np.arange(self._tallies.n_targets)
-        self._feed_all: Selection = self._tallies.select()
+        self._feed_all = self._tallies.select()
         self._feed_no_greedy = self._tallies.select(np.delete(cols, cols[self._greedy]))
 
     def add_shadow(self, name: str) -> None:
@@ -277,6 +274,7 @@ class OffPolicyEvaluator:
         """The arms' normalised costs after a price change; greedy-at-p uses them from
         the next decision on (what it estimated before stays)."""
         self.costs = self._check_costs(costs)
+        # p·c_j for each p of the grid, shape (len(p_grid), n_arms): what greedy_arms prices
         self._prices = np.asarray(self.config.p_grid)[:, None] * self.costs
 
     def _check_costs(self, costs: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -291,11 +289,8 @@ class OffPolicyEvaluator:
     # -- learning from one labelled decision -------------------------------------------
     def greedy_arms(self, predicted: np.ndarray) -> np.ndarray:
         """The arm greedy-at-p picks for each p of the grid, shape (len(p_grid),), from
-        P̂, shape (n_arms,): argmax_j reward(P̂_j, c_j, p), the first arm on ties.
-
-        ``bandit.reward.reward`` for the whole grid at once: P̂_j − p·c_j, the same
-        arithmetic, with the products p·c_j kept from the last ``set_costs``.
-        """
+        P̂, shape (n_arms,): argmax_j reward(P̂_j, c_j, p) = P̂_j − p·c_j, the first arm on
+        ties; ``bandit.reward.reward``'s arithmetic for the whole grid at once."""
         scores = np.asarray(predicted, dtype=np.float64) - self._prices
         return np.argmax(scores, axis=1).astype(np.int64)
 
@@ -319,9 +314,7 @@ class OffPolicyEvaluator:
         if decision.predicted is not None:
             p_pred[self._greedy] = self.greedy_arms(decision.predicted) == arm
             feed = self._feed_all
-        shadow0 = self._greedy.stop
-        for i, p_shadow in enumerate(targets.values()):
-            p_pred[shadow0 + i] = p_shadow
+        p_pred[self._greedy.stop :] = list(targets.values())
         outcomes = np.array([[float(decision.correct)], [cost]])  # rows ACC, COST
         self._tallies.add(p_log, outcomes, p_pred, feed)
         self.labels += 1

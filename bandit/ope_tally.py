@@ -389,7 +389,7 @@ class Tallies:
         blocks = [self._column(list(spans)) for spans in zip(*windows, strict=True)]
         self.sums[1, :, col] = blocks[-1]
         self.done[col] = deque(blocks[:-1], maxlen=self.blocks - 1)
-        self.cs[col] = None if intervals[0] is None else intervals  # type: ignore[assignment]
+        self.cs[col] = None if intervals[0] is None else intervals
         self._fullest = int(self.current[0].max(initial=0))
 
     def _column(self, spans: list[_Span]) -> np.ndarray:

@@ -213,8 +213,8 @@ async def learner_phase(
     from workers.service.app import fresh_policy
     from workers.service.evaluation import OPE_OFF, LiveEvaluation, ope_config
     from workers.service.learner import Learner
-    from workers.service.records import drawn
     from workers.service.metrics import Metrics
+    from workers.service.records import drawn
     from workers.service.settings import LEARNERS_GROUP
     from workers.service.streams import ensure_group
 
@@ -243,7 +243,9 @@ async def learner_phase(
             pipe.xadd(keys.feedback, {"id": f"q{i}", "label": "positive" if i % 3 else "negative"})
         await pipe.execute()
     evaluation = LiveEvaluation(ope_config(cfg.arms), cfg.arms.normalised_costs(), r, prefix)
-    learner = Learner(settings, policy, r, Metrics(CollectorRegistry()), evaluation if ope else OPE_OFF)
+    learner = Learner(
+        settings, policy, r, Metrics(CollectorRegistry()), evaluation if ope else OPE_OFF
+    )
     await ensure_group(r, keys.feedback, LEARNERS_GROUP)
     t0 = time.perf_counter()
     while learner.updates < n:
