@@ -1,7 +1,9 @@
 """Benchmark of the streaming off-policy estimators (not a test): µs per labelled decision
 that ``OffPolicyEvaluator.update`` costs, for 12 arms and the default p grid (21 targets:
-live, 12 ``always:ARM``, 8 ``greedy:p=P``), without and with one shadow candidate, and
-what one full read (``estimates`` for both scopes) and a ``to_state`` cost.
+live, 12 ``always:ARM``, 8 ``greedy:p=P``), without and with one shadow candidate, then
+without the confidence sequences (``confidence_sequence="none"``, which the library feeds
+one example at a time), and what one full read (``estimates`` for both scopes) and a
+``to_state`` cost.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_ope.py [--labels 5000]
 """
@@ -33,10 +35,13 @@ def decisions(n: int, seed: int = 0) -> list[tuple[LoggedDecision, int]]:
     return out
 
 
-def run(log: list[tuple[LoggedDecision, int]], shadow: bool) -> tuple[float, float, float]:
+def run(
+    log: list[tuple[LoggedDecision, int]], shadow: bool, cs_mode: str = "promotion"
+) -> tuple[float, float, float]:
     """(µs per update, ms per full read, ms per to_state)."""
     arms = tuple(f"arm{j}" for j in range(N_ARMS))
-    ev = OffPolicyEvaluator(OPEConfig(arms, CAP_USD), np.linspace(0.05, 1.0, N_ARMS))
+    config = OPEConfig(arms, CAP_USD, confidence_sequence=cs_mode)
+    ev = OffPolicyEvaluator(config, np.linspace(0.05, 1.0, N_ARMS))
     if shadow:
         ev.add_shadow("candidate")
     start = time.perf_counter()
@@ -58,11 +63,12 @@ def main() -> None:
     ap.add_argument("--labels", type=int, default=5000)
     args = ap.parse_args()
     log = decisions(args.labels)
-    for shadow in (False, True):
+    for shadow, cs_mode in ((False, "promotion"), (True, "promotion"), (True, "none")):
         targets = 1 + N_ARMS + 8 + int(shadow)
-        us, read_ms, state_ms = run(log, shadow)
+        us, read_ms, state_ms = run(log, shadow, cs_mode)
         print(
-            f"{targets} targets ({'one shadow' if shadow else 'no shadow'}): "
+            f"{targets} targets ({'one shadow' if shadow else 'no shadow'}, "
+            f"confidence sequences: {cs_mode}): "
             f"{us:.1f} µs per label, estimates (both scopes) {read_ms:.1f} ms, "
             f"to_state {state_ms:.1f} ms"
         )
