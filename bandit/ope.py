@@ -3,10 +3,12 @@ on the traffic the live policy routed, estimated from its logged decisions.
 
 For every labelled decision — the logged pmf π₀(·|x), shape (n_arms,), the arm A drawn
 from it, its correctness a ∈ [0, 1] and its cost in USD — ``OffPolicyEvaluator.update``
-feeds, for each target policy π, the importance weight w = π(A|x) / π₀(A|x) and the
-outcome to two ``bandit.ope_tally.Tally``: accuracy E[a_π(x)] and cost E[c_π(x)] (reported
-per 10k queries). SNIPS (Σ w·r / Σ w) is the point estimate; the intervals are those of
-``vw-estimators`` (Gaussian, Clopper-Pearson, confidence sequence), cumulative and over a
+feeds the importance weights w = π(A|x) / π₀(A|x) of all target policies π at once, shape
+(n_targets,), and the outcomes to ``bandit.ope_tally.Tallies``: accuracy E[a_π(x)] and cost
+E[c_π(x)] (reported per 10k queries). These keep the estimators' sums in numpy arrays and
+build the library's objects from them when read, so a label costs a few numpy operations
+plus the confidence sequences (scripts/bench_ope.py: µs per label). SNIPS (Σ w·r / Σ w)
+is the point estimate; the intervals are those of ``vw-estimators`` (Gaussian, Clopper-Pearson, confidence sequence), cumulative and over a
 window of recent labels. The targets, named as in metrics and reports:
 
 - ``live``: the logging policy itself (w = 1: the plain mean of what it got);
@@ -36,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from bandit.errors import EstimatorError
-from bandit.ope_tally import Reading, Tally
-from bandit.reward import check_p, reward
+from bandit.ope_tally import Reading, Tallies
+from bandit.reward import check_p
 
 PER_10K = 10_000
 # The p grid of `metallm evaluate`'s table (bandit/evaluation.py TABLE_P).
@@ -53,6 +55,7 @@ PMF_TOLERANCE = 1e-6  # how far a logged pmf's sum may be from 1
 LIVE = "live"
 SCOPES = ("cumulative", "window")
 CS_MODES = ("promotion", "all", "none")
+ACC, COST = 0, 1  # the quantities' rows in ``Tallies``
 
 
 @dataclass(frozen=True)
@@ -203,13 +206,17 @@ class OffPolicyEvaluator:
 
     def __init__(self, config: OPEConfig, costs: Sequence[float] | np.ndarray) -> None:
         self.config = config
-        self.costs = self._check_costs(costs)
+        self.set_costs(costs)
         self.labels = 0
         self.clipped_costs = 0
         self._shadows: list[str] = []
-        self._tallies: dict[str, tuple[Tally, Tally]] = {}
-        for name in self._fixed_policies():
-            self._tallies[name] = self._new_pair(name)
+        self._tallies = Tallies(config.block_size, config.window_blocks, quantities=2)
+        # target name -> its column in the tallies: live, the arms, the greedy grid, shadows
+        self._cols = {
+            n: self._tallies.add_target(with_cs=self._keeps_cs(n)) for n in self._fixed_policies()
+        }
+        self._greedy = slice(1 + self.n_arms, 1 + self.n_arms + len(config.p_grid))
+        self._reselect()
 
     # -- the set of target policies ----------------------------------------------------
     @property
@@ -219,7 +226,7 @@ class OffPolicyEvaluator:
     @property
     def policies(self) -> list[str]:
         """Every target's name: live, the arms, the greedy grid, then the shadows."""
-        return list(self._tallies)
+        return list(self._cols)
 
     @property
     def shadows(self) -> list[str]:
@@ -232,22 +239,26 @@ class OffPolicyEvaluator:
             *(greedy_policy(p) for p in self.config.p_grid),
         ]
 
-    def _new_pair(self, name: str) -> tuple[Tally, Tally]:
-        cfg = self.config
-        with_cs = cfg.confidence_sequence == "all" or (
-            cfg.confidence_sequence == "promotion" and (name == LIVE or name.startswith("shadow:"))
-        )
-        return (
-            Tally(cfg.block_size, cfg.window_blocks, with_cs=with_cs),
-            Tally(cfg.block_size, cfg.window_blocks, with_cs=with_cs),
-        )
+    def _keeps_cs(self, name: str) -> bool:
+        mode = self.config.confidence_sequence
+        shadow = name.startswith(shadow_policy(""))
+        return mode == "all" or (mode == "promotion" and (name == LIVE or shadow))
+
+    def _reselect(self) -> None:
+        """The targets a decision feeds, with and without predictions (which the greedy
+        targets need), after the set of targets or their confidence sequences changed."""
+        cols = np.arange(self._tallies.n_targets)
+        self._feed_all = self._tallies.select()
+        self._feed_no_greedy = self._tallies.select(np.delete(cols, cols[self._greedy]))
 
     def add_shadow(self, name: str) -> None:
         """Start estimating candidate ``name`` from the next labelled decision on."""
         if not name or name in self._shadows:
             raise EstimatorError(f"shadow candidate {name!r} is empty or already registered")
         self._shadows.append(name)
-        self._tallies[shadow_policy(name)] = self._new_pair(shadow_policy(name))
+        target = shadow_policy(name)
+        self._cols[target] = self._tallies.add_target(with_cs=self._keeps_cs(target))
+        self._reselect()
 
     def remove_shadow(self, name: str) -> None:
         if name not in self._shadows:
@@ -255,12 +266,16 @@ class OffPolicyEvaluator:
                 f"no shadow candidate {name!r}; registered: {', '.join(self._shadows) or 'none'}"
             )
         self._shadows.remove(name)
-        del self._tallies[shadow_policy(name)]
+        self._tallies.remove_target(self._cols.pop(shadow_policy(name)))
+        self._cols = {target: col for col, target in enumerate(self._cols)}
+        self._reselect()
 
     def set_costs(self, costs: Sequence[float] | np.ndarray) -> None:
         """The arms' normalised costs after a price change; greedy-at-p uses them from
         the next decision on (what it estimated before stays)."""
         self.costs = self._check_costs(costs)
+        # p·c_j for each p of the grid, shape (len(p_grid), n_arms): what greedy_arms prices
+        self._prices = np.asarray(self.config.p_grid)[:, None] * self.costs
 
     def _check_costs(self, costs: Sequence[float] | np.ndarray) -> np.ndarray:
         out = np.asarray(costs, dtype=np.float64)
@@ -274,11 +289,10 @@ class OffPolicyEvaluator:
     # -- learning from one labelled decision -------------------------------------------
     def greedy_arms(self, predicted: np.ndarray) -> np.ndarray:
         """The arm greedy-at-p picks for each p of the grid, shape (len(p_grid),), from
-        P̂, shape (n_arms,): argmax_j reward(P̂_j, c_j, p), the first arm on ties."""
-        return np.array(
-            [int(np.argmax(reward(predicted, self.costs, p))) for p in self.config.p_grid],
-            dtype=np.int64,
-        )
+        P̂, shape (n_arms,): argmax_j reward(P̂_j, c_j, p) = P̂_j − p·c_j, the first arm on
+        ties; ``bandit.reward.reward``'s arithmetic for the whole grid at once."""
+        scores = np.asarray(predicted, dtype=np.float64) - self._prices
+        return np.argmax(scores, axis=1).astype(np.int64)
 
     def update(
         self, decision: LoggedDecision, shadows: Mapping[str, int | np.ndarray] | None = None
@@ -292,31 +306,24 @@ class OffPolicyEvaluator:
         if cost > 1.0:
             cost = 1.0
             self.clipped_costs += 1
-        correct = float(decision.correct)
-
-        def feed(name: str, p_pred: float) -> None:
-            acc_tally, cost_tally = self._tallies[name]
-            acc_tally.add(p_log, correct, p_pred)
-            cost_tally.add(p_log, cost, p_pred)
-
-        feed(LIVE, p_log)
-        for j, name in enumerate(self.config.arm_names):
-            feed(arm_policy(name), float(j == arm))
+        # each target's probability of the logged arm, in column order
+        p_pred = np.zeros(self._tallies.n_targets)
+        p_pred[0] = p_log
+        p_pred[1 + arm] = 1.0
+        feed = self._feed_no_greedy
         if decision.predicted is not None:
-            picks = self.greedy_arms(decision.predicted)
-            for p, pick in zip(self.config.p_grid, picks, strict=True):
-                feed(greedy_policy(p), float(pick == arm))
-        for name, p_pred in targets.items():
-            feed(shadow_policy(name), p_pred)
+            p_pred[self._greedy] = self.greedy_arms(decision.predicted) == arm
+            feed = self._feed_all
+        p_pred[self._greedy.stop :] = list(targets.values())
+        outcomes = np.array([[float(decision.correct)], [cost]])  # rows ACC, COST
+        self._tallies.add(p_log, outcomes, p_pred, feed)
         self.labels += 1
 
     def _check_decision(self, d: LoggedDecision) -> tuple[int, float]:
         pmf = np.asarray(d.pmf, dtype=np.float64)
-        if (
-            pmf.shape != (self.n_arms,)
-            or not np.all(np.isfinite(pmf))
-            or np.any(pmf < 0)
-            or abs(float(pmf.sum()) - 1.0) > PMF_TOLERANCE
+        # min ≥ 0 and |Σ − 1| ≤ tolerance, written so that NaN fails them and ±inf fails one
+        if pmf.shape != (self.n_arms,) or not (
+            pmf.min() >= 0.0 and abs(float(pmf.sum()) - 1.0) <= PMF_TOLERANCE
         ):
             raise EstimatorError(
                 f"logged pmf {pmf.tolist()} must be {self.n_arms} probabilities summing to 1"
@@ -332,7 +339,7 @@ class OffPolicyEvaluator:
             raise EstimatorError(f"cost {d.cost_usd} must be a finite number ≥ 0 (USD)")
         if d.predicted is not None:
             pred = np.asarray(d.predicted)
-            if pred.shape != (self.n_arms,) or not np.all(np.isfinite(pred)):
+            if pred.shape != (self.n_arms,) or not np.isfinite(pred).all():
                 raise EstimatorError(
                     f"predicted correctness {pred.tolist()} must be {self.n_arms} finite numbers"
                 )
@@ -364,16 +371,13 @@ class OffPolicyEvaluator:
     # -- reading ----------------------------------------------------------------------
     def estimate(self, policy: str, scope: str = "cumulative") -> PolicyEstimate:
         """One target's estimates; ``scope``: ``cumulative`` or ``window``."""
-        if policy not in self._tallies:
-            raise EstimatorError(f"no target policy {policy!r}; known: {', '.join(self._tallies)}")
+        if policy not in self._cols:
+            raise EstimatorError(f"no target policy {policy!r}; known: {', '.join(self._cols)}")
         if scope not in SCOPES:
             raise EstimatorError(f"scope {scope!r} is not one of: {', '.join(SCOPES)}")
-        acc_tally, cost_tally = self._tallies[policy]
-        alpha = self.config.alpha
-        if scope == "cumulative":
-            acc, cost = acc_tally.cumulative(alpha), cost_tally.cumulative(alpha)
-        else:
-            acc, cost = acc_tally.recent(alpha), cost_tally.recent(alpha)
+        col, alpha = self._cols[policy], self.config.alpha
+        read = self._tallies.cumulative if scope == "cumulative" else self._tallies.recent
+        acc, cost = read(col, ACC, alpha), read(col, COST, alpha)
         return PolicyEstimate(
             policy,
             scope,
@@ -384,7 +388,7 @@ class OffPolicyEvaluator:
 
     def estimates(self, scope: str = "cumulative") -> list[PolicyEstimate]:
         """Every target's estimates, in ``policies`` order."""
-        return [self.estimate(name, scope) for name in self._tallies]
+        return [self.estimate(name, scope) for name in self._cols]
 
     # -- state ------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
@@ -397,8 +401,11 @@ class OffPolicyEvaluator:
             "clipped_costs": self.clipped_costs,
             "shadows": list(self._shadows),
             "tallies": {
-                name: {"acc": acc.to_state(), "cost": cost.to_state()}
-                for name, (acc, cost) in self._tallies.items()
+                name: {
+                    "acc": self._tallies.to_state(col, ACC),
+                    "cost": self._tallies.to_state(col, COST),
+                }
+                for name, col in self._cols.items()
             },
         }
 
@@ -426,18 +433,17 @@ class OffPolicyEvaluator:
         for name in state.get("shadows", []):
             out.add_shadow(name)
         tallies = state.get("tallies")
-        if not isinstance(tallies, dict) or set(tallies) != set(out._tallies):
+        if not isinstance(tallies, dict) or set(tallies) != set(out._cols):
             raise EstimatorError(
                 f"the saved off-policy state holds targets "
                 f"{sorted(tallies) if isinstance(tallies, dict) else tallies!r}, expected "
-                f"{sorted(out._tallies)}"
+                f"{sorted(out._cols)}"
             )
-        block, blocks = saved.block_size, saved.window_blocks
         for name, pair in tallies.items():
-            out._tallies[name] = (
-                Tally.from_state(pair["acc"], block, blocks),
-                Tally.from_state(pair["cost"], block, blocks),
-            )
+            if not isinstance(pair, dict) or set(pair) != {"acc", "cost"}:
+                raise EstimatorError(f"target {name!r}: state must hold acc and cost")
+            out._tallies.load(out._cols[name], [pair["acc"], pair["cost"]])
+        out._reselect()  # the state says which targets keep a confidence sequence
         out.labels = int(state.get("labels", 0))
         out.clipped_costs = int(state.get("clipped_costs", 0))
         return out

@@ -204,14 +204,17 @@ async def provider_phase(texts: list[str], data_dir: str | None) -> dict[str, fl
 
 
 async def learner_phase(
-    url: str, vectors: np.ndarray, texts: list[str], n: int
+    url: str, vectors: np.ndarray, texts: list[str], n: int, ope: bool = True
 ) -> dict[str, float]:
-    """The learner alone on n labels for decisions recorded as the router records them."""
+    """The learner alone on n labels for decisions recorded as the router records them;
+    ``ope``: with the off-policy estimators, as the service runs it (else without)."""
     from prometheus_client import CollectorRegistry
 
     from workers.service.app import fresh_policy
+    from workers.service.evaluation import OPE_OFF, LiveEvaluation, ope_config
     from workers.service.learner import Learner
     from workers.service.metrics import Metrics
+    from workers.service.records import drawn
     from workers.service.settings import LEARNERS_GROUP
     from workers.service.streams import ensure_group
 
@@ -228,20 +231,28 @@ async def learner_phase(
     settings = ServiceSettings(redis_url=url, prefix=prefix, block_ms=20, snapshot_every_updates=10_000,
                                snapshot_every_s=30)  # fmt: skip
     keys, r = Keys(prefix), aioredis.from_url(url)
+    decided = policy.decide_lines(lines)  # the pmf and P̂ the estimators read, as logged
     async with r.pipeline(transaction=False) as pipe:
         for i in range(n):
             arm = i % arms
             pipe.hset(keys.decision(f"q{i}"), mapping={
-                "shared": lines[i % len(lines)], "arm": arm, "arm_name": policy.arm_names[arm], "prob": "0.9",
-                "cost": repr(float(policy.costs[arm])), "label": "positive", "fallback": 0, "failed": 0})  # fmt: skip
+                "shared": lines[i % len(lines)], **drawn(policy, decided[i % len(lines)]), "arm": arm,
+                "arm_name": policy.arm_names[arm], "prob": "0.9", "cost": repr(float(policy.costs[arm])),
+                "cost_usd": "0.0001", "p": repr(policy.config.p), "label": "positive", "fallback": 0,
+                "failed": 0})  # fmt: skip
             pipe.xadd(keys.feedback, {"id": f"q{i}", "label": "positive" if i % 3 else "negative"})
         await pipe.execute()
-    learner = Learner(settings, policy, r, Metrics(CollectorRegistry()))
+    evaluation = LiveEvaluation(ope_config(cfg.arms), cfg.arms.normalised_costs(), r, prefix)
+    learner = Learner(
+        settings, policy, r, Metrics(CollectorRegistry()), evaluation if ope else OPE_OFF
+    )
     await ensure_group(r, keys.feedback, LEARNERS_GROUP)
     t0 = time.perf_counter()
     while learner.updates < n:
         await learner.step()
     rate = n / (time.perf_counter() - t0)
+    if ope:  # every label reached the estimators (a record they cannot read is skipped)
+        assert evaluation.ev.labels == n, (evaluation.ev.labels, evaluation.skipped)
     for start in range(0, n, 1000):
         ids = range(start, min(start + 1000, n))
         await r.delete(
@@ -385,10 +396,12 @@ def main() -> None:
                   f"{client_cpu_ms:.1f} + replay server {cpu['replay']:.1f} CPU ms per query); serve reached "
                   f"{burst['qps'] / ceiling:.2f} of it", flush=True)  # fmt: skip
         if args.learner_updates:
-            got = asyncio.run(learner_phase(url, vectors, texts, args.learner_updates))
-            print(f"learner: {got['updates_per_s']:.0f} updates/s over {args.learner_updates} labels "
-                  f"(the policy's VW updates alone: {got['vw_updates_per_s']:.0f}/s, ratio "
-                  f"{got['updates_per_s'] / got['vw_updates_per_s']:.2f})", flush=True)  # fmt: skip
+            for ope in (False, True):
+                got = asyncio.run(learner_phase(url, vectors, texts, args.learner_updates, ope))
+                print(f"learner {'with' if ope else 'without'} off-policy estimates: "
+                      f"{got['updates_per_s']:.0f} updates/s over {args.learner_updates} labels "
+                      f"(the policy's VW updates alone: {got['vw_updates_per_s']:.0f}/s, ratio "
+                      f"{got['updates_per_s'] / got['vw_updates_per_s']:.2f})", flush=True)  # fmt: skip
         if args.rss_queries:
             rss(url, args.rss_queries, args.data_dir)
 
