@@ -344,7 +344,7 @@ def test_confidence_sequence_by_default_only_where_promotion_looks() -> None:
     ev.add_shadow("uniform")
     feed(ev, decisions())
     kept = {e.policy for e in ev.estimates() if e.acc.cs is not None}
-    assert kept == {LIVE, shadow_policy("uniform")}
+    assert kept == {shadow_policy("uniform")}
     restored = OffPolicyEvaluator.from_state(json.loads(json.dumps(ev.to_state())))
     assert restored.estimates() == ev.estimates()
     none = OffPolicyEvaluator(config(confidence_sequence="none"), COSTS)
