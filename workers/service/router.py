@@ -35,6 +35,7 @@ from workers.service.embedding import RouterEmbedder
 from workers.service.memory import HeapTrimmer
 from workers.service.metrics import Metrics
 from workers.service.ownership import Holder, Ownership
+from workers.service.pacing import PaceReader, record_spend
 from workers.service.providers import Provider
 from workers.service.reconnect import REDIS_OUTAGE, RedisLink
 from workers.service.retry import RetryPolicy
@@ -82,6 +83,7 @@ class Batch:
     decisions: list[Decision]
     shared: list[str]  # each query's context as the policy saw it, for redraws
     started: float  # perf_counter when it was read
+    p: float  # the price weight the batch was decided with
 
 
 def parse_query(entry: Entry, config: RoutingConfig) -> Query:
@@ -126,11 +128,13 @@ class Router:
         redis: aioredis.Redis,
         metrics: Metrics,
         link: RedisLink | None = None,
+        pace: PaceReader | None = None,
     ) -> None:
         self.settings, self.config, self.policy = settings, config, policy
         self.link = link  # None: a failed write fails the batch (no reconnecting)
         self.embedder, self.r, self.m = embedder, redis, metrics
         self.keys = Keys(settings.prefix)
+        self.pace = pace or PaceReader(redis, self.keys, config.policy.p, None, metrics)
         self.consumer = settings.consumer or f"router-{random.getrandbits(32):08x}"
         retry = RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
         breakers = Breakers(config.arms.names, settings.breaker_failures,
@@ -318,14 +322,15 @@ class Router:
         if self._trimmer.due():
             await asyncio.to_thread(self._trimmer.trim)
         queries = started.queries
+        p = await self.pace.current()
         with self.m.stage.labels("decide").time():
             shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
             healthy = self.dispatcher.breakers.available()
             # With no arm healthy, decide over all: the dispatcher waits for one to be back.
             decisions = self.policy.decide_lines(
-                shared, available=healthy if healthy.any() else None
+                shared, p=p, available=healthy if healthy.any() else None
             )
-        held = await self._persist(lambda _: self._store_decisions(queries, decisions, shared),
+        held = await self._persist(lambda _: self._store_decisions(queries, decisions, shared, p),
                                    "storing decisions")  # fmt: skip
         mine = [i for i, h in enumerate(held) if h is None]
         for q, h in zip(queries, held, strict=True):
@@ -336,19 +341,20 @@ class Router:
                 )
         self._unanswered += len(mine)
         return Batch([queries[i] for i in mine], [decisions[i] for i in mine],
-                     [shared[i] for i in mine], started.started)  # fmt: skip
+                     [shared[i] for i in mine], started.started, p)  # fmt: skip
 
-    def _redraw(self, shared: str) -> Redraw:
+    def _redraw(self, shared: str, p: float) -> Redraw:
         """A new decision for one query over the arms of a mask, after its arm failed."""
-        return lambda available: self.policy.decide_lines([shared], available=available)[0]
+        return lambda available: self.policy.decide_lines([shared], p=p, available=available)[0]
 
     async def finish(self, batch: Batch) -> None:
         """Call the arms; write each response and acknowledge its query as soon as its
         answer is in, in one transaction with the others of the batch answered by then, so
         that a slow call does not hold back the rest of its batch."""
         t0 = time.perf_counter()
+        redraw = partial(self._redraw, p=batch.p)
         calls = {
-            asyncio.create_task(self.dispatcher.answer(q.text, d, self._redraw(line))): (q, d)
+            asyncio.create_task(self.dispatcher.answer(q.text, d, redraw(line))): (q, d)
             for q, d, line in zip(batch.queries, batch.decisions, batch.shared, strict=True)
         }
         pending = set(calls)
@@ -360,7 +366,8 @@ class Router:
                 ready = [(*calls[t], t.result()) for t in done]
                 # Through a Redis outage: these answers are paid for, and another router
                 # claiming them would pay again.
-                await self._persist(partial(self._write_responses, ready), "writing responses")
+                await self._persist(partial(self._write_responses, ready, batch.p),
+                                    "writing responses")  # fmt: skip
                 self._unanswered -= len(ready)
                 self._answered.set()
                 elapsed = time.perf_counter() - batch.started
@@ -392,7 +399,7 @@ class Router:
         self.m.dead_letters.labels(stage).inc()
 
     async def _store_decisions(
-        self, queries: list[Query], decisions: list[Decision], shared: list[str]
+        self, queries: list[Query], decisions: list[Decision], shared: list[str], p: float
     ) -> list[Holder | None]:
         """Store each decision record unless its id has one already: None where this router
         now owns the id, else who holds it."""
@@ -400,7 +407,7 @@ class Router:
         async with self.r.pipeline(transaction=False) as pipe:
             for q, d, line in zip(queries, decisions, shared, strict=True):
                 await self.ownership.take(pipe, q.id, q.entry.id, ttl, {
-                    "shared": line, **self._drawn(d), "p": repr(self.policy.config.p),
+                    "shared": line, **self._drawn(d), "p": repr(p),
                     "labels": json.dumps(q.labels), "decided_at": repr(time.time()),
                     "explored": int(d.explored),
                 })  # fmt: skip
@@ -418,7 +425,7 @@ class Router:
                 "model_version": d.model_version}  # fmt: skip
 
     async def _write_responses(
-        self, ready: list[tuple[Query, Decision, Answer]], retrying: bool = False
+        self, ready: list[tuple[Query, Decision, Answer]], p: float, retrying: bool = False
     ) -> None:
         """Responses, the outcome into each decision record, and the acknowledgements, in
         one transaction. An answer from a redraw replaces the record's arm, probability and
@@ -442,7 +449,7 @@ class Router:
                     "prob": repr(d.prob), "explored": int(d.explored), "fallback": int(a.fell_back),
                     "cost_usd": repr(cost), "tokens_in": c.tokens_in if c else 0,
                     "tokens_out": c.tokens_out if c else 0, "latency_ms": round(a.latency_s * 1000, 1),
-                    "model_version": d.model_version, "error": a.error,
+                    "model_version": d.model_version, "error": a.error, "p": repr(p),
                 }  # fmt: skip
                 if q.meta:
                     fields["meta"] = q.meta
@@ -458,6 +465,8 @@ class Router:
                 pipe.xack(self.keys.queries, ROUTERS_GROUP, q.entry.id)
                 if c is not None:
                     spent.append((arm.name, cost))
+            if self.pace.paced:  # in this transaction: counted exactly once, with the response
+                record_spend(pipe, self.keys, sum(c for _, c in spent), len(spent), now)
             await pipe.execute()
         for name, cost in spent:
             self.m.routed.labels(name).inc()
