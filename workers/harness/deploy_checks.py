@@ -146,7 +146,7 @@ def settings_names() -> set[str]:
 
 
 def check_metric_names(rep: Report, where: str, exprs: list[str], known: set[str]) -> None:
-    used = {m for e in exprs for m in re.findall(r"\bmetallm_[a-z_]+", e)}
+    used = {m for e in exprs for m in re.findall(r"\bmetallm_[a-z0-9_]+", e)}
     unknown = sorted(used - known)
     rep.check(not unknown, f"{where}: every metric name used ({len(used)}) is exported by workers/service/metrics.py",
               f"unknown {unknown}")  # fmt: skip

@@ -38,8 +38,10 @@ from workers.harness.deploy_checks import Report, dashboard_targets, rules, run
 
 JOBS = ("metallm-router", "metallm-learner")
 # The live run injects these faults; these alerts must then have data, those stay quiet.
+# The budget per hour is below even the cheapest arm's spend at the demo's rate: the pacing
+# controller holds p at p_max and spend stays off its target.
 SHOULD_FIRE = ("MetallmDeadLetters", "MetallmProviderErrorRateHigh", "MetallmSpendAboveBudget",
-               "MetallmAccuracyLow")  # fmt: skip
+               "MetallmSpendOffTarget", "MetallmAccuracyLow")  # fmt: skip
 SHOULD_BE_QUIET = ("MetallmWorkerDown", "MetallmLearnerNotSingle", "MetallmModelStale",
                    "MetallmFeedbackNotJoining", "MetallmQueriesFailing")  # fmt: skip
 FAULT_PANELS = ("Fallbacks per arm", "Provider errors per arm and kind",
@@ -58,7 +60,7 @@ class LiveOptions:
 
     rate: demo queries per second; limit: demo queries (None: the 432 of overruling's test
     split); error_rate: share of LLM calls the replay server fails; budget: USD per hour given
-    to the demo, below its spend; floor: accuracy floor given to the demo, above its accuracy;
+    to the demo, below its spend (paced: p goes to p_max, the shortfall shows); floor: accuracy floor given to the demo, above its accuracy;
     min_labels: labels learned before evaluating; timeout_s: limit of each wait, seconds.
     """
 
