@@ -48,7 +48,9 @@ FAULT_PANELS = ("Fallbacks per arm", "Provider errors per arm and kind",
                 "Dead letters (last hour) and failed queries")  # fmt: skip
 DEFAULT_RATE_QPS = 6.0
 DEFAULT_ERROR_RATE = 0.3
-DEFAULT_BUDGET_USD_PER_HOUR = 0.1
+# Paced: the controller routes to the cheapest arm (~1.5 USD per hour at 6 q/s),
+# and the alert's 30-minute rate over a run of a minute or two is a small share of that.
+DEFAULT_BUDGET_USD_PER_HOUR = 0.005
 DEFAULT_ACCURACY_FLOOR = 0.99
 DEFAULT_MIN_LABELS = 80
 DEFAULT_TIMEOUT_S = 300.0
