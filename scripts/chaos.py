@@ -40,8 +40,9 @@ intervals, stops the workers (SIGTERM), and prints one row per fault:
                    (each row starts at 0 on its fresh prefix)
   learned_twice    labels_learned minus the learnable labels, when positive
   labels_lost      the learnable labels minus labels_learned, when positive; learnable =
-                   labelled ids whose first response has no error and no fallback (the
-                   label answers the first response the application got)
+                   labelled ids whose first response has no error (a redrawn arm's
+                   answer, fallback=1, is learned too; the label answers the first
+                   response the application got)
   worker_crashes   router or learner processes that exited without being killed by the
                    script (each is restarted and the row goes on)
 
@@ -89,7 +90,7 @@ from workers.harness.demo import free_port
 log = logging.getLogger("chaos")
 CHECKOUT = Path(__file__).resolve().parents[1]
 # --short: the CI bound (under ~4 minutes on 2 cores); the full run stays under ~20.
-SHORT = ChaosOptions(queries=20, rate_qps=12.0, routers=2, settle_s=15.0, drain_s=8.0,
+SHORT = ChaosOptions(queries=20, rate_qps=12.0, routers=2, settle_s=20.0, drain_s=20.0,
                      outage_s=8.0, slow_s=6.0)  # fmt: skip
 FULL = ChaosOptions(queries=150, rate_qps=10.0, routers=3, settle_s=60.0, drain_s=30.0,
                     outage_s=20.0, slow_s=12.0)  # fmt: skip

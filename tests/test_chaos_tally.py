@@ -51,15 +51,15 @@ def test_extra_calls_count_answers_beyond_one_per_text() -> None:
     assert extra_calls({"ta": 3, "tb": 1, "other": 5}, ["ta", "tb", "tc", "ta"]) == 2
 
 
-def test_errors_and_fallbacks_are_not_learnable_and_the_first_response_counts() -> None:
+def test_errors_are_not_learnable_redraws_are_and_the_first_response_counts() -> None:
     responses = [ok("a"), Response("b", "all arms failed", "0"), Response("c", "", "1"),
                  Response("d", "timeout", "0"), ok("d"), ok("f"), Response("f", "timeout", "0")]  # fmt: skip
-    assert learnable_ids(["a", "b", "c", "d", "e", "f"], responses) == {"a", "f"}
+    assert learnable_ids(["a", "b", "c", "d", "e", "f"], responses) == {"a", "c", "f"}
 
 
 def test_learned_twice_and_labels_lost_compare_the_version_with_the_learnable_labels() -> None:
     valid = {"a": "ta", "b": "tb", "c": "tc"}
-    responses = [ok("a"), ok("b"), Response("c", "", "1")]
+    responses = [ok("a"), ok("b"), Response("c", "all arms failed", "0")]
     twice = tally("f", valid, [], responses, set(), 0, ["a", "b", "c"], {}, 5, 0)
     assert (twice.learned_twice, twice.labels_lost) == (3, 0)
     lost = tally("f", valid, [], responses, set(), 0, ["a", "b", "c"], {}, 1, 0)

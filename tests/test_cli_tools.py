@@ -29,6 +29,8 @@ def test_submit_feedback_and_tail(
     assert main(["submit", str(queries), "--redis-url", redis_url, "--prefix", prefix]) == 0
     got = [f for _, f in r.xrange(keys.queries)]
     assert [g[b"id"] for g in got] == [b"a", b"b"] and json.loads(got[0][b"meta"]) == {"user": 7}
+    for qid in ("a", "b"):  # as the router leaves them once it has answered
+        r.hset(keys.decision(qid), mapping={"labels": '["Yes", "No"]', "label": "No"})
     assert (
         main(
             [
@@ -73,7 +75,7 @@ def test_submit_feedback_and_tail(
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "c"}\n')
     assert main(["submit", str(bad), "--redis-url", redis_url, "--prefix", prefix]) == 2
-    assert "needs non-empty 'id' and 'text'" in capsys.readouterr().err
+    assert "bad.jsonl line 1: missing or empty field 'text'" in capsys.readouterr().err
 
 
 def test_demo_end_to_end_writes_the_table(data_dir: Path, tmp_path: Path) -> None:
@@ -135,4 +137,4 @@ def test_xautoclaim_reply_shapes_of_redis_6_2_and_7() -> None:
     v7 = [b"0-0", [(b"1-0", {b"id": b"q1"})], [b"2-0"]]  # as redis-py's parser gives it
     for reply in (v62, v7):
         next_id, claimed = parse_autoclaim(reply)
-        assert next_id == "0-0" and [c[0] for c in claimed] == ["1-0"]
+        assert next_id == "0-0" and [c.id for c in claimed] == ["1-0"]

@@ -301,3 +301,34 @@ def test_an_entry_claimed_while_its_owner_answered_it_is_only_acknowledged(
         run(routers(1, settings(redis_url, prefix), cfg, llm.url), body,
             lambda r: orphan(r, keys, ds, response=answered))  # fmt: skip
         assert llm.requests == 0
+
+
+def test_a_lost_reply_keeps_ownership_but_a_restart_under_the_same_name_does_not(
+    redis_url: str, prefix: str
+) -> None:
+    """A decision write re-sent after its reply was lost with Redis is the same process's:
+    it keeps the id. A router restarted under the same consumer name is another process: its
+    predecessor's record stays the predecessor's (that call may have been paid)."""
+    from workers.service.ownership import Holder, Ownership
+
+    async def take(own: Ownership, r: aioredis.Redis) -> Holder | None:
+        async with r.pipeline(transaction=False) as pipe:
+            await own.take(pipe, "q1", "1-0", 60, {"arm": 0})
+            (reply,) = await pipe.execute()
+        return Holder.from_reply(reply)
+
+    async def main() -> None:
+        r = aioredis.from_url(redis_url)
+        keys = Keys(prefix)
+        try:
+            first = Ownership(r, keys, "router-0", 3000)
+            assert await take(first, r) is None  # new
+            assert await take(first, r) is None  # the same write again: still its own
+            restarted = Ownership(r, keys, "router-0", 3000)
+            held = await take(restarted, r)
+            assert held is not None and held.owner == first.owner and held.entry == "1-0"
+            assert not await restarted.alive(held.owner)  # its predecessor is gone
+        finally:
+            await r.aclose()
+
+    asyncio.run(main())

@@ -109,7 +109,7 @@ async def _async(value: bool) -> bool:
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ({"text": "no id"}, "missing field 'id'"),
+        ({"text": "no id"}, "missing or empty field 'id'"),
         ({"id": "q-empty", "text": "   "}, "empty field 'text'"),
         ({"id": "q-labels", "text": "hi", "labels": "[not json"}, "'labels' is not JSON"),
         ({"id": "q-labels2", "text": "hi", "labels": '{"a": 1}'}, "non-empty JSON list"),
@@ -130,12 +130,19 @@ def test_malformed_queries_go_to_dead_letters_and_the_worker_keeps_serving(
     async def body(svc: Service, r: aioredis.Redis) -> None:
         await r.xadd(keys.queries, fields)
         await r.xadd(keys.queries, {"id": ds.ids[0], "text": ds.texts[0]})
-        await wait_for(lambda: _count(r, keys.responses, 1))
+        # The bad query with an id is answered too, with the reason as its error.
+        await wait_for(lambda: _count(r, keys.responses, 1 + ("id" in fields)))
         dead = [
             {k.decode(): v.decode() for k, v in f.items()} for _, f in await r.xrange(keys.dead)
         ]
         assert len(dead) == 1 and dead[0]["stage"] == "parse" and reason in dead[0]["error"]
         assert {k: v for k, v in dead[0].items() if k in fields} == fields
+        by_id = {x["id"]: x for x in await responses(r, keys)}
+        assert by_id[ds.ids[0]]["error"] == ""
+        if "id" in fields:
+            refused = by_id[fields["id"]]
+            assert refused["error"] == dead[0]["error"] and refused["arm"] == ""
+            assert set(refused) == set(by_id[ds.ids[0]])  # the fields every response has
         pending = await r.xpending(keys.queries, "routers")
         assert pending["pending"] == 0
 

@@ -29,6 +29,15 @@ def test_file_then_env_then_options() -> None:
     )
     assert (bounded.feedback_maxlen, bounded.shutdown_deadline_s) == (5000, 12.5)
     assert (bounded.responses_maxlen, bounded.dead_maxlen) == (1_000_000, 100_000)
+    limits = ServiceSettings.from_env({"METALLM_MAX_TEXT_CHARS": "1000", "METALLM_MAX_LABELS": "8",
+                                       "METALLM_MAX_LABEL_CHARS": "20"})  # fmt: skip
+    assert (limits.max_text_chars, limits.max_labels, limits.max_label_chars) == (1000, 8, 20)
+    defaults = ServiceSettings()
+    assert (defaults.max_text_chars, defaults.max_labels, defaults.max_label_chars) == (
+        32_000,
+        64,
+        200,
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,6 +59,18 @@ def test_file_then_env_then_options() -> None:
         ({}, {"dead_maxlen": -5}, "dead_maxlen = -5 must be ≥ 1"),
         ({"METALLM_SHUTDOWN_DEADLINE_S": "0"}, None, "shutdown_deadline_s = 0.0 must be > 0"),
         ({}, {"repeat_wait_s": 0}, "repeat_wait_s = 0 must be > 0 seconds"),
+        (
+            {"METALLM_MAX_TEXT_CHARS": "0"},
+            None,
+            "max_text_chars = 0 must be between 1 and 10000000",
+        ),
+        (
+            {"METALLM_MAX_TEXT_CHARS": "lots"},
+            None,
+            "METALLM_MAX_TEXT_CHARS = 'lots' is not a valid int",
+        ),
+        ({}, {"max_labels": 0}, "max_labels = 0 must be between 1 and 10000"),
+        ({}, {"max_label_chars": 10**6}, "max_label_chars = 1000000 must be between 1 and 100000"),
     ],
 )
 def test_bad_settings(env: dict, file: dict | None, match: str) -> None:

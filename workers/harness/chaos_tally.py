@@ -56,17 +56,18 @@ class Row:
 
 
 def learnable_ids(labelled: Iterable[str], responses: Iterable[Response]) -> set[str]:
-    """Labelled ids whose first response had no error and no fallback: the labels the learner
-    should learn exactly once (a fallback answer was not drawn from the logged pmf). The
-    first, because the label answers what the application heard first; a second response
-    for the same query is already counted as an extra LLM call."""
+    """Labelled ids whose first response had no error: the labels the learner should learn
+    exactly once (an answer from an arm drawn again after the first failed, ``fallback=1``,
+    carries its own draw's probability and is learned too). The first, because the label
+    answers what the application heard first; a second response for the same query is
+    already counted as an extra LLM call."""
     first: dict[str, Response] = {}
     for r in responses:
         first.setdefault(r.qid, r)
     out = set()
     for qid in labelled:
         resp = first.get(qid)
-        if resp is not None and not resp.error and resp.fallback in ("", "0"):
+        if resp is not None and not resp.error:
             out.add(qid)
     return out
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,11 +32,14 @@ import redis.asyncio as aioredis
 from bandit.policy import Policy
 from bandit.reward import is_correct
 from bandit.reward import reward as reward_of
+from workers.service.messages import BadFeedback, Feedback, check_feedback_label, parse_feedback
 from workers.service.metrics import Metrics
 from workers.service.settings import DEFAULT_LEARNER_CONSUMER, LEARNERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
     Entry,
     claim_stale,
+    clip,
+    dead_fields,
     ensure_group,
     group_backlog,
     read_new,
@@ -53,31 +55,15 @@ FEEDBACK_BATCH = 512
 # is held in memory (and re-read after a crash) stays bounded when nothing is learned.
 COMMIT_MAX_HELD = 20_000
 # What learning needs of a decision record (the router writes more, for replay and audit).
-RECORD_FIELDS = ("shared", "arm", "arm_name", "prob", "cost", "label", "fallback", "failed")
+RECORD_FIELDS = ("shared", "arm", "arm_name", "prob", "cost", "label", "fallback", "failed",
+                 "labels")  # fmt: skip
 # Updates learned between yields to the event loop, so the read-ahead (and, in serve, the
 # router) run while a batch learns.
 LEARN_CHUNK = 64
-INVALID_FEEDBACK = "feedback needs 'id' and either 'label' or a numeric 'reward' in [0, 1]"
 
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _parse_feedback(f: dict[str, str]) -> tuple[str, float | None] | None:
-    """(query id, explicit reward or None for a label), or None when the entry is invalid."""
-    qid = f.get("id", "").strip()
-    reward: float | None = None
-    if f.get("reward", "").strip():
-        try:
-            reward = float(f["reward"])
-        except ValueError:
-            return None
-        if not (math.isfinite(reward) and 0 <= reward <= 1):
-            return None
-    if not qid or (reward is None and "label" not in f):
-        return None
-    return qid, reward
 
 
 def _lua(name: str) -> str:
@@ -108,7 +94,8 @@ class _Joined:
     outcomes: list[str | None]
     learn: list[tuple[int, dict[str, str], float]]
     mark: list[str] = field(default_factory=list)
-    errors: dict[int, str] = field(default_factory=dict)  # why an entry is invalid
+    # by entry index, the (stage, reason) of the invalid ones, to dead-letter
+    invalid: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -233,21 +220,34 @@ class Learner:
     async def _join_records(self, entries: list[Entry]) -> _Joined:
         """Each entry's outcome, or what it teaches, with one Redis round trip per batch."""
         batch = _Joined(entries, [None] * len(entries), [])
-        parsed: list[tuple[int, str, float | None]] = []
+        parsed: list[tuple[int, Feedback]] = []
         for k, e in enumerate(entries):
-            got = _parse_feedback(e.fields)
-            if got is None:
-                batch.outcomes[k] = "invalid"
-            else:
-                parsed.append((k, *got))
+            try:
+                if e.decode_error:
+                    batch.invalid[k] = ("decode", e.decode_error)
+                else:
+                    parsed.append((k, parse_feedback(e.fields, self.settings)))
+            except BadFeedback as exc:
+                batch.invalid[k] = ("feedback", str(exc))
+        for k in batch.invalid:
+            batch.outcomes[k] = "invalid"
         if not parsed:
             return batch
-        reply = await self._read_records([qid for _, qid, _ in parsed])
-        for (k, qid, reward), (marked, raw) in zip(parsed, reply, strict=True):
-            record = _decode_record(raw)
+        reply = await self._read_records([fb.id for _, fb in parsed])
+        for (k, fb), (marked, raw) in zip(parsed, reply, strict=True):
+            qid, record = fb.id, _decode_record(raw)
             if "label" not in record:
                 batch.outcomes[k] = "unknown"  # never decided, expired, or not answered yet
-            elif marked or qid in self._seen:
+                continue
+            try:
+                # Before the duplicate check: a label outside the set does not use up the
+                # query's one chance to learn its true label.
+                check_feedback_label(fb, record.get("labels"))
+            except BadFeedback as exc:
+                batch.invalid[k] = ("feedback", str(exc))
+                batch.outcomes[k] = "invalid"
+                continue
+            if marked or qid in self._seen:
                 batch.outcomes[k] = "duplicate"
             else:
                 self._seen.add(qid)
@@ -255,8 +255,8 @@ class Learner:
                 if not _learnable(record):
                     batch.outcomes[k] = "not_learnable"
                 else:
-                    label = entries[k].fields.get("label", "")
-                    correct = reward if reward is not None else is_correct(record["label"], label)
+                    correct = (fb.reward if fb.reward is not None
+                               else is_correct(record["label"], fb.label or ""))  # fmt: skip
                     batch.learn.append((k, record, correct))
         return batch
 
@@ -278,16 +278,18 @@ class Learner:
                 self._learn(record, correct)
             except (KeyError, ValueError) as exc:  # a record no router wrote; PolicyError too
                 batch.outcomes[k] = "invalid"
-                batch.errors[k] = f"its decision record cannot be learned: {exc!r}"
+                batch.invalid[k] = ("feedback", f"its decision record cannot be learned: {exc!r}")
                 continue
             batch.outcomes[k] = "joined"
         todo = self._uncommitted
         todo.markers += batch.mark
         todo.settled.update(batch.mark)
         for k, (e, outcome) in enumerate(zip(batch.entries, batch.outcomes, strict=True)):
-            if outcome == "invalid":
-                todo.dead.append({**e.fields, "stage": "feedback", "deliveries": str(e.deliveries),
-                                  "error": batch.errors.get(k, INVALID_FEEDBACK)})  # fmt: skip
+            if k in batch.invalid:
+                stage, reason = batch.invalid[k]
+                todo.dead.append(dead_fields(e, stage, reason))
+                log.warning("dead letter %s from %s at %s: %s", e.id, self.keys.feedback, stage,
+                            clip(reason, 300))  # fmt: skip
             todo.acks.append(e.id)
             self._count(outcome or "unknown")
 
@@ -374,8 +376,8 @@ class Learner:
         self._reading.difference_update(todo.acks)
         self._since_publish = 0
         self._last_publish = time.monotonic()
-        if todo.dead:
-            self.m.dead_letters.labels("feedback").inc(len(todo.dead))
+        for fields in todo.dead:
+            self.m.dead_letters.labels(fields["stage"]).inc()
         if data is None:
             return
         if self.settings.model_dir:

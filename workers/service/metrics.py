@@ -13,8 +13,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 REWARD_BUCKETS = (-1.0, -0.5, -0.1, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 # Label values the workers use; their series are exported at 0 from the start, so that
 # dashboards show 0 instead of "no data" and increase() in an alert sees the first event.
-ROUTER_DEAD_LETTER_STAGES = ("parse", "deliveries")
-LEARNER_DEAD_LETTER_STAGES = ("feedback",)
+ROUTER_DEAD_LETTER_STAGES = ("decode", "parse", "deliveries")
+LEARNER_DEAD_LETTER_STAGES = ("decode", "feedback")
 FEEDBACK_OUTCOMES = ("joined", "unknown", "duplicate", "not_learnable", "expired", "defaulted",
                      "invalid")  # fmt: skip
 DECISION_KINDS = ("explored", "exploited")

@@ -14,7 +14,9 @@ end
 -- A call abandoned cleanly at a shutdown deadline never returned: the entry it came from
 -- may take the id over again (another entry with the same id may not).
 local retake = exists and cur[1] == ARGV[1] and cur[4] == '1'
--- The same entry and router again: a write whose reply was lost with Redis is re-sent.
+-- The same entry and router process again (owner = consumer/process token): a write whose
+-- reply was lost with Redis is re-sent. A router restarted under the same name is another
+-- process: its predecessor's record stays the predecessor's.
 local again = exists and cur[1] == ARGV[1] and cur[2] == ARGV[2]
 if exists and not retake and not again then
   return {'pending', cur[1] or '', cur[2] or '', cur[5] or '', cur[6] or '', cur[7] or '', cur[8] or ''}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import secrets
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -114,6 +115,10 @@ class Ownership:
 
     def __init__(self, r: aioredis.Redis, keys: Keys, consumer: str, claim_idle_ms: int) -> None:
         self.r, self.keys, self.consumer, self.claim_idle_ms = r, keys, consumer, claim_idle_ms
+        # What the records this process writes name as their owner: the consumer name and a
+        # token of this process, so that a router restarted under the same name does not
+        # take a record of its predecessor's for its own (that call may have been paid).
+        self.owner = f"{consumer}/{secrets.token_hex(4)}"
         self._take = r.register_script(script_text())
         self.waiting: dict[str, Repeat] = {}  # by entry id
 
@@ -122,7 +127,7 @@ class Ownership:
     ) -> None:
         """Queue on ``pipe`` the script that writes ``record`` as the id's decision record
         if it has none; its reply is for ``Holder.from_reply``."""
-        args: list[Any] = [entry_id, self.consumer, ttl_s]
+        args: list[Any] = [entry_id, self.owner, ttl_s]
         for k, v in record.items():
             args += [k, v]
         await self._take(keys=[self.keys.decision(qid)], args=args, client=pipe)
@@ -138,9 +143,12 @@ class Ownership:
         await self.r.delete(self.keys.router_alive(self.consumer))
 
     async def alive(self, owner: str) -> bool:
-        """Whether ``owner`` is another router that still renews its claims (an earlier
-        process under this router's name is gone)."""
-        return owner != self.consumer and bool(await self.r.exists(self.keys.router_alive(owner)))
+        """Whether ``owner`` (a record's: consumer/process token) is another router that
+        still renews its claims (an earlier process under this router's name is gone)."""
+        consumer = owner.rpartition("/")[0] or owner
+        if consumer == self.consumer:
+            return False
+        return bool(await self.r.exists(self.keys.router_alive(consumer)))
 
     async def running(self, consumers: set[str]) -> set[str]:
         """Which of these other routers still renew their claims (for ``claim_stale``)."""

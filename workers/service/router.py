@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -28,16 +27,18 @@ from redis.exceptions import RedisError
 
 from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
-from workers.service.answers import parse_label
+from workers.service import messages
 from workers.service.breaker import Breakers
-from workers.service.dispatch import Answer, Dispatcher, Redraw
+from workers.service.dispatch import Dispatcher, Redraw
 from workers.service.embedding import RouterEmbedder
 from workers.service.memory import HeapTrimmer
+from workers.service.messages import BadQuery, usable_id
 from workers.service.metrics import Metrics
-from workers.service.ownership import Holder, Ownership
-from workers.service.pacing import PaceReader, record_spend
+from workers.service.ownership import Ownership
+from workers.service.pacing import PaceReader
 from workers.service.providers import Provider
 from workers.service.reconnect import REDIS_OUTAGE, RedisLink
+from workers.service.records import Records, dead_response
 from workers.service.retry import RetryPolicy
 from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
@@ -55,17 +56,11 @@ REPEAT_CHECK_S = 0.2  # how often repeated ids waiting for their first answer lo
 T = TypeVar("T")
 
 
-class BadQuery(ValueError):
-    """A query entry that can never be answered (goes to the dead-letter stream)."""
-
-
 @dataclass(frozen=True)
-class Query:
+class Query(messages.Query):
+    """A query and the stream entry it came in."""
+
     entry: Entry
-    id: str
-    text: str
-    labels: tuple[str, ...]
-    meta: str
 
 
 @dataclass(frozen=True)
@@ -86,35 +81,10 @@ class Batch:
     p: float  # the price weight the batch was decided with
 
 
-def parse_query(entry: Entry, config: RoutingConfig) -> Query:
-    f = entry.fields
-    qid, text = f.get("id", "").strip(), f.get("text", "")
-    if not qid:
-        raise BadQuery("missing field 'id'")
-    if not text.strip():
-        raise BadQuery("missing or empty field 'text'")
-    task = f.get("task", "").strip()
-    if task and task != config.task.name:
-        raise BadQuery(f"unknown task {task!r}; this router serves {config.task.name!r}")
-    labels = config.task.labels
-    if f.get("labels"):
-        try:
-            parsed = json.loads(f["labels"])
-        except ValueError as exc:
-            raise BadQuery(f"field 'labels' is not JSON: {exc}") from None
-        if (
-            not isinstance(parsed, list)
-            or not parsed
-            or not all(isinstance(x, str) for x in parsed)
-        ):
-            raise BadQuery("field 'labels' must be a non-empty JSON list of strings")
-        labels = tuple(parsed)
-    if f.get("meta"):
-        try:
-            json.loads(f["meta"])
-        except ValueError as exc:
-            raise BadQuery(f"field 'meta' is not JSON: {exc}") from None
-    return Query(entry, qid, text, labels, f.get("meta", ""))
+def parse_query(entry: Entry, settings: ServiceSettings, config: RoutingConfig) -> Query:
+    """The query an entry holds, or BadQuery (workers/service/messages.py has the rules)."""
+    q = messages.parse_query(entry.fields, settings, config.task)
+    return Query(q.id, q.text, q.labels, q.meta, entry)
 
 
 class Router:
@@ -156,6 +126,8 @@ class Router:
         self._embedder_free_at = 0.0  # perf_counter when the embedder last finished a batch
         self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
         self.ownership = Ownership(redis, self.keys, self.consumer, settings.claim_idle_ms)
+        self.records = Records(redis, self.keys, settings, config.arms, metrics, self.ownership,
+                               paced=self.pace.paced)  # fmt: skip
         self._last_repeat_check = 0.0
         self._abandoned: list[str] = []  # query ids whose calls the shutdown deadline cut
         self._adopt(policy)
@@ -295,8 +267,11 @@ class Router:
                     f"delivered {e.deliveries} times (max {self.settings.max_deliveries})",
                 )
                 continue
+            if e.decode_error:
+                await self._dead(e, "decode", e.decode_error)
+                continue
             try:
-                queries.append(parse_query(e, self.config))
+                queries.append(parse_query(e, self.settings, self.config))
             except BadQuery as exc:
                 await self._dead(e, "parse", str(exc))
         if not queries:
@@ -330,7 +305,7 @@ class Router:
             decisions = self.policy.decide_lines(
                 shared, p=p, available=healthy if healthy.any() else None
             )
-        held = await self._persist(lambda _: self._store_decisions(queries, decisions, shared, p),
+        held = await self._persist(lambda _: self.records.store(self.policy, queries, decisions, shared, p),
                                    "storing decisions")  # fmt: skip
         mine = [i for i, h in enumerate(held) if h is None]
         for q, h in zip(queries, held, strict=True):
@@ -366,8 +341,9 @@ class Router:
                 ready = [(*calls[t], t.result()) for t in done]
                 # Through a Redis outage: these answers are paid for, and another router
                 # claiming them would pay again.
-                await self._persist(partial(self._write_responses, ready, batch.p),
-                                    "writing responses")  # fmt: skip
+                await self._persist(
+                    partial(self.records.respond, self.policy, ready, batch.p), "writing responses"
+                )
                 self._unanswered -= len(ready)
                 self._answered.set()
                 elapsed = time.perf_counter() - batch.started
@@ -394,93 +370,16 @@ class Router:
         return await self.link.persist(write, what)
 
     async def _dead(self, entry: Entry, stage: str, error: str) -> None:
+        """Dead-letter an entry and, when it has an id a client can wait for, answer it with
+        the reason, in one transaction."""
+        qid = usable_id(entry.fields)
+        s = self.settings
+        response = (
+            (self.keys.responses, dead_response(qid, error), s.responses_maxlen) if qid else None
+        )
         await dead_letter(self.r, self.keys.dead, self.keys.queries, ROUTERS_GROUP, entry, stage,
-                          error, maxlen=self.settings.dead_maxlen)  # fmt: skip
+                          error, maxlen=s.dead_maxlen, response=response)  # fmt: skip
         self.m.dead_letters.labels(stage).inc()
-
-    async def _store_decisions(
-        self, queries: list[Query], decisions: list[Decision], shared: list[str], p: float
-    ) -> list[Holder | None]:
-        """Store each decision record unless its id has one already: None where this router
-        now owns the id, else who holds it."""
-        ttl = self.settings.decision_ttl_s()
-        async with self.r.pipeline(transaction=False) as pipe:
-            for q, d, line in zip(queries, decisions, shared, strict=True):
-                await self.ownership.take(pipe, q.id, q.entry.id, ttl, {
-                    "shared": line, **self._drawn(d), "p": repr(p),
-                    "labels": json.dumps(q.labels), "decided_at": repr(time.time()),
-                    "explored": int(d.explored),
-                })  # fmt: skip
-            replies = await pipe.execute()
-        held = [Holder.from_reply(reply) for reply in replies]
-        for d, h in zip(decisions, held, strict=True):
-            if h is None:
-                self.m.explored.labels("explored" if d.explored else "exploited").inc()
-        return held
-
-    def _drawn(self, d: Decision) -> dict[Any, Any]:
-        """A decision record's fields that say what was drawn, and with what probability."""
-        return {"arm": d.arm, "arm_name": self.policy.arm_names[d.arm], "prob": repr(d.prob),
-                "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(self.policy.costs[d.arm])),
-                "model_version": d.model_version}  # fmt: skip
-
-    async def _write_responses(
-        self, ready: list[tuple[Query, Decision, Answer]], p: float, retrying: bool = False
-    ) -> None:
-        """Responses, the outcome into each decision record, and the acknowledgements, in
-        one transaction. An answer from a redraw replaces the record's arm, probability and
-        pmf with the redraw's: that is the draw the answering arm was chosen by, so its
-        answer is learned like any other. ``retrying``: an earlier attempt's reply was lost,
-        and the transaction may have run: the queries no longer pending were written then
-        (the ack is in the same transaction)."""
-        if retrying:
-            ready = await self._still_pending(ready)
-        now = time.time()
-        spent: list[tuple[str, float]] = []
-        async with self.r.pipeline(transaction=True) as pipe:
-            for q, _, a in ready:
-                d = a.decision
-                arm = self.config.arms.arms[a.arm]
-                c = a.completion
-                label = (parse_label(c.text, q.labels) or "") if c else ""
-                cost = arm.cost_usd(c.tokens_in, c.tokens_out) if c else 0.0
-                fields: dict[Any, Any] = {
-                    "id": q.id, "arm": arm.name, "answer": c.text if c else "", "label": label,
-                    "prob": repr(d.prob), "explored": int(d.explored), "fallback": int(a.fell_back),
-                    "cost_usd": repr(cost), "tokens_in": c.tokens_in if c else 0,
-                    "tokens_out": c.tokens_out if c else 0, "latency_ms": round(a.latency_s * 1000, 1),
-                    "model_version": d.model_version, "error": a.error, "p": repr(p),
-                }  # fmt: skip
-                if q.meta:
-                    fields["meta"] = q.meta
-                pipe.xadd(self.keys.responses, fields, maxlen=self.settings.responses_maxlen,
-                          approximate=True)  # fmt: skip
-                key = self.keys.decision(q.id)
-                outcome: dict[Any, Any] = {"label": label, "answered_by": arm.name, "failed": int(c is None),
-                                           "cost_usd": repr(cost), "response": json.dumps(fields)}  # fmt: skip
-                if a.fell_back:
-                    outcome.update(self._drawn(d), redrawn=1)
-                pipe.hset(key, mapping=outcome)
-                pipe.zadd(self.keys.awaiting, {q.id: now + self.settings.reward_wait_s})
-                pipe.xack(self.keys.queries, ROUTERS_GROUP, q.entry.id)
-                if c is not None:
-                    spent.append((arm.name, cost))
-            if self.pace.paced:  # in this transaction: counted exactly once, with the response
-                record_spend(pipe, self.keys, sum(c for _, c in spent), len(spent), now)
-            await pipe.execute()
-        for name, cost in spent:
-            self.m.routed.labels(name).inc()
-            self.m.spend.labels(name).inc(cost)
-
-    async def _still_pending(
-        self, ready: list[tuple[Query, Decision, Answer]]
-    ) -> list[tuple[Query, Decision, Answer]]:
-        async with self.r.pipeline(transaction=False) as pipe:
-            for q, _, _ in ready:
-                pipe.xpending_range(self.keys.queries, ROUTERS_GROUP, min=q.entry.id,
-                                    max=q.entry.id, count=1)  # fmt: skip
-            replies = await pipe.execute()
-        return [x for x, pending in zip(ready, replies, strict=True) if pending]
 
     # -- model snapshots -----------------------------------------------------------------
     async def note_published(self) -> None:

@@ -58,6 +58,12 @@ DEFAULT_REPEAT_WAIT_S = 300.0
 # milliseconds an LLM call's retry waits, so the waits grow to a few seconds.
 DEFAULT_RECONNECT_BASE_S = 0.2
 DEFAULT_RECONNECT_CAP_S = 5.0
+# A query's text, in characters. 32,000 characters are about 8k tokens: more than the
+# embedder reads (it truncates at its max_seq_length) and than most arms' prompts are priced
+# for, while a 1 MB text would be sent whole to every arm it falls back to.
+DEFAULT_MAX_TEXT_CHARS = 32_000
+DEFAULT_MAX_LABELS = 64  # labels in a query's own label set
+DEFAULT_MAX_LABEL_CHARS = 200  # characters of one label
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,14 @@ class ServiceSettings:
     exported as a gauge (0 = not configured) for the alert on accuracy.
 
     ``reconnect_base_s`` and ``reconnect_cap_s``: the capped exponential backoff (full
-    jitter, seconds) between PINGs to a lost Redis; ``stop_grace_s``: after the first stop
-    signal, how long (seconds) a worker still waits for a lost Redis to write its work in
-    flight before it gives up and leaves that work pending for another worker."""
+    jitter, seconds) between PINGs to a lost Redis; after the first stop signal a worker
+    still waits up to ``shutdown_deadline_s`` for a lost Redis to write its work in flight
+    before it gives up and leaves that work pending for another worker.
+
+    ``max_text_chars`` (characters of a query's ``text``, and of its ``meta``),
+    ``max_labels`` (labels in a query's ``labels``) and ``max_label_chars`` (characters of
+    one label, in a query or in feedback) bound what a query may ask for; a query over them
+    is dead-lettered (stage ``parse``) and answered with the reason."""
 
     redis_url: str = DEFAULT_REDIS_URL
     prefix: str = DEFAULT_PREFIX
@@ -123,6 +134,9 @@ class ServiceSettings:
     repeat_wait_s: float = DEFAULT_REPEAT_WAIT_S
     reconnect_base_s: float = DEFAULT_RECONNECT_BASE_S
     reconnect_cap_s: float = DEFAULT_RECONNECT_CAP_S
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    max_labels: int = DEFAULT_MAX_LABELS
+    max_label_chars: int = DEFAULT_MAX_LABEL_CHARS
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
@@ -168,6 +182,11 @@ class ServiceSettings:
             raise ConfigError(
                 f"embedder_threads = {self.embedder_threads} must be ≥ 0 (0 = one per core)"
             )
+        for name, most in (("max_text_chars", 10_000_000), ("max_labels", 10_000),
+                           ("max_label_chars", 100_000)):  # fmt: skip
+            value = getattr(self, name)
+            if not 1 <= value <= most:
+                raise ConfigError(f"{name} = {value} must be between 1 and {most}")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
 

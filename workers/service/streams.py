@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -14,29 +14,74 @@ log = logging.getLogger(__name__)
 RENEW_CHUNK = 1000  # entry ids per XCLAIM
 
 
+# Dead letters and error responses carry the reason whole up to this many characters, then
+# cut at a word boundary: reasons quote bad values, and a bad value can be megabytes.
+MAX_ERROR_CHARS = 2000
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One stream entry: its id and its fields (decoded to str)."""
+    """One stream entry: its id, the fields that decoded as UTF-8, and the rest.
+
+    A stream entry is data from outside, never trusted: a field whose name or value is not
+    valid UTF-8 does not make reading fail (the batch would never be acknowledged and every
+    worker would crash on it in turn). It is kept in ``undecodable``, name and value
+    backslash-escaped (so that a dead-letter copy is writable and readable as text), and
+    ``decode_error`` says which fields they were; the worker dead-letters the entry."""
 
     id: str
     fields: dict[str, str]
     deliveries: int = 1
+    undecodable: dict[str, str] = field(default_factory=dict)
+    decode_error: str = ""
 
 
-def _decode(fields: Any) -> dict[str, str]:
-    """Entry fields as a str dict; redis-py gives a dict, a raw reply a flat [k, v, …] list."""
-    if isinstance(fields, list | tuple):
-        fields = dict(zip(fields[::2], fields[1::2], strict=True))
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): (
-            v.decode() if isinstance(v, bytes) else str(v)
-        )
-        for k, v in fields.items()
-    }
+def _text(raw: Any) -> str:
+    """``raw`` as text: bytes decoded as UTF-8 (UnicodeDecodeError when they are not)."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _escaped(raw: Any) -> str:
+    return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
+
+
+def _entry(eid: str, raw: Any) -> Entry:
+    """An Entry from a reply's fields: redis-py gives a dict, a raw reply a flat [k, v, …] list."""
+    if isinstance(raw, list | tuple):
+        raw = dict(zip(raw[::2], raw[1::2], strict=False))
+    fields: dict[str, str] = {}
+    undecodable: dict[str, str] = {}
+    errors: list[str] = []
+    for k, v in raw.items():
+        try:
+            name = _text(k)
+        except UnicodeDecodeError as exc:
+            undecodable[_escaped(k)] = _escaped(v)
+            errors.append(f"a field name is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            continue
+        try:
+            fields[name] = _text(v)
+        except UnicodeDecodeError as exc:
+            undecodable[name] = _escaped(v)
+            errors.append(
+                f"field {clip(name, 80)!r} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            )
+    return Entry(eid, fields, 1, undecodable, "; ".join(errors))
+
+
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` whole when it has at most ``limit`` characters, else cut at the last word
+    boundary before the limit (mid-word only when a single word is longer), with how much
+    was left off."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit + 1)
+    head = (text[:cut] if cut > limit // 2 else text[:limit]).rstrip()
+    return f"{head} … ({len(text) - len(head):,} more characters)"
 
 
 def _id(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return _escaped(raw)  # entry ids and Redis' own replies are ASCII
 
 
 async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
@@ -57,7 +102,7 @@ async def read_new(
     reply: Any = await r.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
     out: list[Entry] = []
     for _, entries in reply or []:
-        out += [Entry(_id(eid), _decode(f)) for eid, f in entries if f is not None]
+        out += [_entry(_id(eid), f) for eid, f in entries if f is not None]
     return out
 
 
@@ -71,14 +116,14 @@ async def read_own_pending(
     raw = [e for _, entries in reply or [] for e in entries]
     if not raw:
         return [], None
-    return [Entry(_id(eid), _decode(f)) for eid, f in raw if f], _id(raw[-1][0])
+    return [_entry(_id(eid), f) for eid, f in raw if f], _id(raw[-1][0])
 
 
-def parse_autoclaim(reply: Sequence[Any]) -> tuple[str, list[tuple[str, dict[str, str]]]]:
+def parse_autoclaim(reply: Sequence[Any]) -> tuple[str, list[Entry]]:
     """XAUTOCLAIM's reply: Redis 6.2 gives [next, entries]; Redis 7 adds a third element,
     the ids that were deleted meanwhile. Entries deleted under 6.2 come back as (id, None)."""
     next_id = _id(reply[0])
-    claimed = [(_id(eid), _decode(f)) for eid, f in reply[1] if f]
+    claimed = [_entry(_id(eid), f) for eid, f in reply[1] if f]
     return next_id, claimed
 
 
@@ -113,7 +158,9 @@ async def claim_stale(
     # Entries deleted from the stream are dropped from the pending list and not returned.
     ids: list[Any] = list(counts)
     claimed: Any = await r.xclaim(stream, group, consumer, min_idle_ms, ids)
-    return [Entry(_id(eid), _decode(f), counts[_id(eid)] + 1) for eid, f in claimed if f]
+    return [
+        replace(_entry(_id(eid), f), deliveries=counts[_id(eid)] + 1) for eid, f in claimed if f
+    ]
 
 
 async def renew_claims(
@@ -126,6 +173,18 @@ async def renew_claims(
         await r.xclaim(stream, group, consumer, 0, batch[start : start + RENEW_CHUNK], justid=True)
 
 
+def dead_fields(entry: Entry, stage: str, error: str) -> dict[Any, Any]:
+    """A dead letter's fields: the entry's own (undecodable ones backslash-escaped), the
+    stage that refused it, the reason and how often it was delivered."""
+    return {
+        **entry.fields,
+        **entry.undecodable,
+        "stage": stage,
+        "error": clip(error),
+        "deliveries": str(entry.deliveries),
+    }
+
+
 async def dead_letter(
     r: aioredis.Redis,
     dead_stream: str,
@@ -135,20 +194,21 @@ async def dead_letter(
     stage: str,
     error: str,
     maxlen: int | None = None,
+    response: tuple[str, dict[Any, Any], int] | None = None,
 ) -> None:
     """Move an entry to the dead-letter stream (kept to about ``maxlen`` entries, None: no
-    bound) with the reason, and acknowledge it."""
-    fields: dict[Any, Any] = {
-        **entry.fields,
-        "stage": stage,
-        "error": error[:2000],
-        "deliveries": str(entry.deliveries),
-    }
+    bound) with the reason, and acknowledge it; with ``response`` (a stream, its fields and
+    its length cap), also write that, in the same transaction, so that whoever waits for an
+    answer to the entry gets one exactly when it is dead."""
+    fields = dead_fields(entry, stage, error)
     async with r.pipeline(transaction=True) as pipe:
         pipe.xadd(dead_stream, fields, maxlen=maxlen, approximate=True)
+        if response is not None:
+            stream_name, response_fields, response_maxlen = response
+            pipe.xadd(stream_name, response_fields, maxlen=response_maxlen, approximate=True)
         pipe.xack(stream, group, entry.id)
         await pipe.execute()
-    log.warning("dead letter %s from %s at %s: %s", entry.id, stream, stage, error)
+    log.warning("dead letter %s from %s at %s: %s", entry.id, stream, stage, clip(error, 300))
 
 
 async def group_backlog(r: aioredis.Redis, stream: str, group: str) -> tuple[int | None, int]:
