@@ -249,7 +249,8 @@ async def _report(r: aioredis.Redis, keys: Keys, ds: Dataset, by_id: dict[str, i
     resp = [{k.decode(): v.decode() for k, v in f.items()} for _, f in raw]
     seen: dict[str, dict[str, str]] = {}
     for x in resp:
-        seen.setdefault(x["id"], x)
+        if x["id"] in by_id:  # not the responses to dead-lettered bad queries
+            seen.setdefault(x["id"], x)
     idx = np.array([by_id[q] for q in seen])
     right = [float(x["label"] == ds.labels[by_id[q]]) for q, x in seen.items()]
     cost = [float(x["cost_usd"]) for x in seen.values()]
