@@ -3,7 +3,9 @@
 - ``service``: route, learn, serve (the stream workers);
 - ``client``: submit, feedback, tail (what an application does with the streams);
 - ``local``: demo, produce, replay-llm (the harness on one machine);
-- ``offline``: evaluate, tune (the learning core on recorded outcomes).
+- ``offline``: evaluate, tune (the learning core on recorded outcomes);
+- ``report``: the learner's off-policy estimates (router against each arm);
+- ``shadow``: candidate policies evaluated beside the live one, and their promotion.
 
 ``main`` reads the environment once and hands it to the command; settings come from the
 config file, then the environment, then options. A bad setting is one line on stderr and
@@ -21,13 +23,13 @@ from collections.abc import Sequence
 import redis.exceptions
 
 from bandit.errors import MetalLMError
-from workers.cli import client, local, offline, service
+from workers.cli import client, local, offline, report, service, shadow
 
 # What redis-py raises when Redis goes away (not the builtin ConnectionError); the
 # service's reconnect module, which says the same, imports far more than the CLI needs.
 REDIS_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
-GROUPS = (service, client, local, offline)
+GROUPS = (service, client, local, offline, report, shadow)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ from bandit.embedder import EMBEDDING_DIM
 from bandit.policy import Policy
 from bandit.training import TrainingData, train_full_information
 from workers.service.embedding import router_embedder
+from workers.service.evaluation import LiveEvaluation, ope_config
 from workers.service.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
 from workers.service.learner import Learner, newest_snapshot, save_snapshot
 from workers.service.metrics import Metrics
@@ -127,7 +128,9 @@ class Service:
             # Online updates are one pass with importance weights: they take the online rate.
             online = policy.config.for_online()
             learner_policy = policy if online == policy.config else policy.with_config(online)
-            self.learner = Learner(s, learner_policy, self.redis, self.metrics)
+            ope = LiveEvaluation(ope_config(self.config.arms), self.config.arms.normalised_costs(),
+                                 self.redis, s.prefix)  # fmt: skip
+            self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope)
             self.metrics.init_learner(self.config.arms.names)
             await self.learner.publish()
             if self.budget:

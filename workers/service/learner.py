@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from bandit.policy import Policy
 from bandit.reward import is_correct
 from bandit.reward import reward as reward_of
+from workers.service.evaluation import OPE_OFF, Evaluation
 from workers.service.messages import BadFeedback, Feedback, check_feedback_label, parse_feedback
 from workers.service.metrics import Metrics
 from workers.service.settings import DEFAULT_LEARNER_CONSUMER, LEARNERS_GROUP, Keys, ServiceSettings
@@ -54,9 +55,9 @@ FEEDBACK_BATCH = 512
 # A commit is due, whatever the cadence, once this many entries or ids wait for it: what
 # is held in memory (and re-read after a crash) stays bounded when nothing is learned.
 COMMIT_MAX_HELD = 20_000
-# What learning needs of a decision record (the router writes more, for replay and audit).
+# What learning and (from pmf on) off-policy evaluation need of a decision record.
 RECORD_FIELDS = ("shared", "arm", "arm_name", "prob", "cost", "label", "fallback", "failed",
-                 "labels")  # fmt: skip
+                 "labels", "pmf", "predicted", "cost_usd", "p")  # fmt: skip
 # Updates learned between yields to the event loop, so the read-ahead (and, in serve, the
 # router) run while a batch learns.
 LEARN_CHUNK = 64
@@ -120,10 +121,9 @@ class _Uncommitted:
 
 
 class Learner:
-    def __init__(
-        self, settings: ServiceSettings, policy: Policy, redis: aioredis.Redis, metrics: Metrics
-    ) -> None:
-        self.settings, self.policy, self.r, self.m = settings, policy, redis, metrics
+    def __init__(self, settings: ServiceSettings, policy: Policy, redis: aioredis.Redis,
+                 metrics: Metrics, ope: Evaluation = OPE_OFF) -> None:  # fmt: skip
+        self.settings, self.policy, self.r, self.m, self.ope = settings, policy, redis, metrics, ope
         self.keys = Keys(settings.prefix)
         self.consumer = settings.consumer or DEFAULT_LEARNER_CONSUMER
         self._since_publish = 0
@@ -146,6 +146,7 @@ class Learner:
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_group(self.r, self.keys.feedback, LEARNERS_GROUP)
+        await self.ope.ensure_restored()
         if await self.r.get(self.keys.model_version) is None:
             await self.publish()  # routers start from the same model the learner has
         while not stop.is_set():
@@ -170,6 +171,7 @@ class Learner:
         self._since_publish = 0
         self.published_version = self.policy.version
         self.m.model_version.set(self.policy.version)
+        await self.ope.restore()  # the estimates go back to the commit with the model
         log.info("rewound to the committed model version %d", self.policy.version)
 
     async def step(self) -> int:
@@ -186,6 +188,7 @@ class Learner:
                 joined = await ahead
                 self._next = joined if joined.entries else None
         await self.expire_due()
+        await self.maybe_promote()
         await self.maybe_publish()
         lag, pending = await group_backlog(self.r, self.keys.feedback, LEARNERS_GROUP)
         if lag is not None:
@@ -280,6 +283,7 @@ class Learner:
                 batch.outcomes[k] = "invalid"
                 batch.invalid[k] = ("feedback", f"its decision record cannot be learned: {exc!r}")
                 continue
+            self.ope.observe(record, correct)  # labels only: a default reward is no outcome
             batch.outcomes[k] = "joined"
         todo = self._uncommitted
         todo.markers += batch.mark
@@ -345,6 +349,13 @@ class Learner:
         self.outcomes[outcome] += 1
         self.m.feedback.labels(outcome).inc()
 
+    async def maybe_promote(self) -> None:
+        """Commit what this model learned, then publish the candidate asked for (if any)."""
+        if await self.ope.promotion_due():
+            await self.publish(model=self.policy.version != self.published_version)
+            self.policy = self.ope.promote(self.policy) or self.policy
+            await self.publish(model=self.policy.version != self.published_version)
+
     async def maybe_publish(self) -> None:
         s, held = self.settings, self._uncommitted.held()
         due = (
@@ -363,6 +374,7 @@ class Learner:
         time; ``model=False`` leaves them as they are) with the markers, awaiting-set removals, dead letters and
         acknowledgements of everything learned or handled since the last commit. Then the
         snapshot goes to disk (a cache: see ``newest_snapshot``)."""
+        await self.ope.ensure_restored()  # never overwrite the committed estimates
         version, now = self.policy.version, time.time()
         data = self.policy.to_bytes() if model else None
         todo, self._uncommitted = self._uncommitted, _Uncommitted()
@@ -372,6 +384,7 @@ class Learner:
             todo.merge(self._uncommitted)  # not committed: the next commit writes it all
             self._uncommitted = todo
             raise
+        self.ope.committed(self.m)
         self._seen.difference_update(todo.markers)
         self._reading.difference_update(todo.acks)
         self._since_publish = 0
@@ -394,6 +407,7 @@ class Learner:
                 pipe.set(k.model_bytes, data)
                 pipe.set(k.model_version, self.policy.version)
                 pipe.set(k.model_published, repr(now))
+            self.ope.queue_commit(pipe)
             if todo.markers or todo.settled:
                 markers = [k.learned(qid) for qid in todo.markers]
                 # Queued in the transaction (awaiting it sends nothing yet).

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bandit.ope import SCOPES as OPE_SCOPES
+from bandit.ope import MetricEstimate
 from workers.service.providers.base import ERROR_KINDS
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -19,6 +22,7 @@ FEEDBACK_OUTCOMES = ("joined", "unknown", "duplicate", "not_learnable", "expired
                      "invalid")  # fmt: skip
 DECISION_KINDS = ("explored", "exploited")
 STAGES = ("embed", "decide", "dispatch")
+OPE_BOUNDS = ("estimate", "lo", "hi")
 
 
 class RewardMetric:
@@ -131,6 +135,33 @@ class Metrics:
         self.accuracy_floor = Gauge("metallm_accuracy_floor",
                                     "Configured lowest acceptable router accuracy over labelled "
                                     "answers, a fraction (0 = none)", registry=r)  # fmt: skip
+
+        # Off-policy estimates (workers/service/evaluation.py), per target policy (live,
+        # always:ARM, greedy:p=P, shadow:NAME): the SNIPS estimate and the Gaussian bounds.
+        self.ope_accuracy = Gauge("metallm_ope_accuracy", "Estimated accuracy of a routing policy "
+                                  "on the labelled traffic, a fraction (bound: estimate, lo, hi of "
+                                  "the 95 % interval)", ["policy", "bound", "scope"], registry=r)  # fmt: skip
+        self.ope_cost = Gauge("metallm_ope_cost_per_10k_usd", "Estimated cost of a routing policy "
+                              "on the labelled traffic, USD per 10k queries (bound: estimate, lo, hi)",
+                              ["policy", "bound", "scope"], registry=r)  # fmt: skip
+
+    def set_ope(self, policy: str, scope: str, acc: MetricEstimate, cost: MetricEstimate) -> None:
+        """One policy's estimates over ``scope``; a bound not defined yet is left out."""
+        for gauge, est in ((self.ope_accuracy, acc), (self.ope_cost, cost)):
+            for bound, value in zip(OPE_BOUNDS, (est.value, *est.gaussian), strict=True):
+                if value is None:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(policy, bound, scope)
+                else:
+                    gauge.labels(policy, bound, scope).set(value)
+
+    def forget_ope(self, policy: str) -> None:
+        """Drop a policy's series (a shadow candidate removed or promoted)."""
+        for gauge in (self.ope_accuracy, self.ope_cost):
+            for bound in OPE_BOUNDS:
+                for scope in OPE_SCOPES:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(policy, bound, scope)
 
     def init_router(self, arms: Sequence[str]) -> None:
         """Export the router's labelled series at 0 for every arm, stage and error kind."""

@@ -26,9 +26,14 @@ if TYPE_CHECKING:
 
 def drawn(policy: Policy, d: Decision) -> dict[Any, Any]:
     """A decision record's fields that say what was drawn, and with what probability."""
-    return {"arm": d.arm, "arm_name": policy.arm_names[d.arm], "prob": repr(d.prob),
-            "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(policy.costs[d.arm])),
-            "model_version": d.model_version}  # fmt: skip
+    out: dict[Any, Any] = {"arm": d.arm, "arm_name": policy.arm_names[d.arm], "prob": repr(d.prob),
+                           "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(policy.costs[d.arm])),
+                           "model_version": d.model_version}  # fmt: skip
+    if policy.config.mode == "decoupled":
+        # Each arm's P̂(correct), shape (n_arms,): the scores are P̂ − p·c. Off-policy
+        # evaluation prices greedy-at-other-p with it (paper mode has no P̂).
+        out["predicted"] = json.dumps((d.scores + policy.config.p * policy.costs).tolist())
+    return out
 
 
 def dead_response(qid: str, error: str) -> dict[str, Any]:
