@@ -32,7 +32,7 @@ from bandit.embedder import EmbedderConfig
 from bandit.errors import ConfigError
 from bandit.policy import PolicyConfig
 
-SECTIONS = ("task", "policy", "embedder", "arms", "service")
+SECTIONS = ("task", "policy", "embedder", "arms", "service", "budget")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class RoutingConfig:
     embedder: EmbedderConfig
     # The [service] table, kept as data: the stream workers validate it (workers/service/settings.py).
     service: Mapping[str, Any] = field(default_factory=dict)
+    # The [budget] table (spend target and pacing knobs), kept as data for the same reason
+    # (workers/service/pacing.py).
+    budget: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _section(cls: type, data: dict[str, Any], name: str) -> Any:
@@ -86,6 +89,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> RoutingConfi
         policy=PolicyConfig.from_mapping(data.get("policy", {})),
         embedder=_section(EmbedderConfig, dict(data.get("embedder", {})), "embedder"),
         service=dict(data.get("service", {})),
+        budget=dict(data.get("budget", {})),
     )
 
 

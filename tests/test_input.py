@@ -23,7 +23,7 @@ from workers.service.app import Service
 from workers.service.settings import LEARNERS_GROUP, ROUTERS_GROUP, Keys, ServiceSettings
 
 RESPONSE_FIELDS = {"id", "arm", "answer", "label", "prob", "explored", "fallback", "cost_usd",
-                   "tokens_in", "tokens_out", "latency_ms", "model_version", "error"}  # fmt: skip
+                   "tokens_in", "tokens_out", "latency_ms", "model_version", "error", "p"}  # fmt: skip
 
 
 def fast_settings(redis_url: str, prefix: str, **kw: Any) -> ServiceSettings:

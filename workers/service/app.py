@@ -32,6 +32,7 @@ from workers.service.evaluation import LiveEvaluation, ope_config
 from workers.service.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
 from workers.service.learner import Learner, newest_snapshot, save_snapshot
 from workers.service.metrics import Metrics
+from workers.service.pacing import BudgetSettings, Pacer, PaceReader, budget_settings
 from workers.service.providers import build_providers
 from workers.service.reconnect import (
     REDIS_OUTAGE,
@@ -79,6 +80,7 @@ class Service:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     router: Router | None = None
     learner: Learner | None = None
+    pacer: Pacer | None = None  # the deployment's budget controller, run beside the learner
     health: HealthState = field(default_factory=HealthState)
     http: HealthServer | None = None
 
@@ -87,8 +89,14 @@ class Service:
         A Redis that does not answer here is a configuration error (RedisUnreachableError)."""
         s = self.settings
         check_redis_url(s.redis_url)  # before the probes hold a client on it
+        # A budget in paper mode is refused here, before anything starts.
+        self.budget: BudgetSettings | None = budget_settings(s, self.config)
         self.metrics = Metrics(self.registry)
-        self.metrics.budget.set(s.budget_usd_per_hour)
+        per_hour = self.budget.pacing.usd_per_hour if self.budget else None
+        self.metrics.budget.set(per_hour or 0.0)
+        self.metrics.budget_p.set(
+            self.budget.pacing.p_init if self.budget else self.config.policy.p
+        )
         self.metrics.accuracy_floor.set(s.accuracy_floor)
         if s.metrics_port:
             self.http = HealthServer(
@@ -125,14 +133,20 @@ class Service:
             self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope)
             self.metrics.init_learner(self.config.arms.names)
             await self.learner.publish()
+            if self.budget:
+                self.pacer = Pacer(self.redis, Keys(s.prefix), self.budget,
+                                   self.config.arms.fixed_costs_usd(), self.metrics)  # fmt: skip
+                await self.pacer.start()
         if "router" in self.roles:
             router_policy = Policy.from_bytes(policy.to_bytes()) if self.learner else policy
             providers = build_providers(self.config.arms, self.env)
             embedder = router_embedder(
                 self.config.embedder, in_process=not s.embedder_process, threads=s.embedder_threads
             )
+            pace = PaceReader(self.redis, Keys(s.prefix), self.config.policy.p, self.budget,
+                              self.metrics)  # fmt: skip
             self.router = Router(s, self.config, router_policy, embedder, providers, self.redis,
-                                 self.metrics, link=self.link)  # fmt: skip
+                                 self.metrics, link=self.link, pace=pace)  # fmt: skip
             await embedder.start()  # the model is loaded before the router says it is ready
             self.metrics.init_router(self.config.arms.names)
             if not self.learner:
@@ -204,6 +218,9 @@ class Service:
         if self.learner:
             tasks.append(asyncio.create_task(self._supervise("learner", self.learner.run, stop),
                                              name="learner"))  # fmt: skip
+        if self.pacer:
+            tasks.append(asyncio.create_task(self._supervise("pacer", self.pacer.run, stop),
+                                             name="pacer"))  # fmt: skip
         helpers = [asyncio.create_task(self._heartbeat(stop), name="heartbeat"),
                    asyncio.create_task(self._deadline_on_stop(stop), name="stop-deadline")]  # fmt: skip
         try:

@@ -111,6 +111,19 @@ class Metrics:
         self.budget = Gauge("metallm_budget_usd_per_hour",
                             "Configured spend budget, USD per hour, all routers together (0 = none)",
                             registry=r)  # fmt: skip
+        # Budget pacing (workers/service/pacing.py): the learner's controller sets all four;
+        # a router sets p to the one it decided its last batch with.
+        self.budget_p = Gauge("metallm_budget_p", "Price weight p of cost against accuracy in "
+                              "use (the config's constant without a budget)", registry=r)  # fmt: skip
+        self.spend_per_10k = Gauge("metallm_spend_usd_per_10k", "Spend measured over the pacing "
+                                   "window, USD per 10k queries answered (0 = none answered)",
+                                   registry=r)  # fmt: skip
+        self.budget_target_per_10k = Gauge("metallm_budget_target_usd_per_10k", "Spend target the "
+                                           "pacing controller holds, USD per 10k queries (0 = none)",
+                                           registry=r)  # fmt: skip
+        self.budget_shortfall_per_10k = Gauge("metallm_budget_shortfall_usd_per_10k", "USD per 10k "
+                                              "queries by which even the cheapest arm exceeds the "
+                                              "target (0 = the target can be met)", registry=r)  # fmt: skip
         # The worker's own link to Redis (the probes ask Redis themselves): an outage is
         # connected 0 until the worker has reconnected, each reconnect counted once.
         self.redis_connected = Gauge("metallm_redis_connected",

@@ -16,6 +16,7 @@ from workers.service.answers import parse_label
 from workers.service.dispatch import Answer
 from workers.service.metrics import Metrics
 from workers.service.ownership import Holder, Ownership
+from workers.service.pacing import record_spend
 from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import clip
 
@@ -41,7 +42,7 @@ def dead_response(qid: str, error: str) -> dict[str, Any]:
     this id is answered)."""
     return {"id": qid, "arm": "", "answer": "", "label": "", "prob": "0", "explored": 0,
             "fallback": 0, "cost_usd": "0.0", "tokens_in": 0, "tokens_out": 0, "latency_ms": 0,
-            "model_version": 0, "error": clip(error)}  # fmt: skip
+            "model_version": 0, "error": clip(error), "p": "0"}  # fmt: skip
 
 
 class Records:
@@ -53,20 +54,28 @@ class Records:
         arms: ArmCatalogue,
         metrics: Metrics,
         ownership: Ownership,
+        paced: bool = False,
     ) -> None:
+        """``paced``: a spend target is set, so the spend of each answer goes to the pacing
+        controller's counters (workers/service/pacing.py)."""
         self.r, self.keys, self.settings, self.arms = redis, keys, settings, arms
-        self.m, self.ownership = metrics, ownership
+        self.m, self.ownership, self.paced = metrics, ownership, paced
 
     async def store(
-        self, policy: Policy, queries: list[Query], decisions: list[Decision], shared: list[str]
+        self,
+        policy: Policy,
+        queries: list[Query],
+        decisions: list[Decision],
+        shared: list[str],
+        p: float,
     ) -> list[Holder | None]:
         """Store each decision record unless its id has one already: None where this router
-        now owns the id, else who holds it."""
+        now owns the id, else who holds it. ``p``: the price weight the batch was decided with."""
         ttl = self.settings.decision_ttl_s()
         async with self.r.pipeline(transaction=False) as pipe:
             for q, d, line in zip(queries, decisions, shared, strict=True):
                 await self.ownership.take(pipe, q.id, q.entry.id, ttl, {
-                    "shared": line, **drawn(policy, d), "p": repr(policy.config.p),
+                    "shared": line, **drawn(policy, d), "p": repr(p),
                     "labels": json.dumps(q.labels), "decided_at": repr(time.time()),
                     "explored": int(d.explored),
                 })  # fmt: skip
@@ -78,7 +87,11 @@ class Records:
         return held
 
     async def respond(
-        self, policy: Policy, ready: list[tuple[Query, Decision, Answer]], retrying: bool = False
+        self,
+        policy: Policy,
+        ready: list[tuple[Query, Decision, Answer]],
+        p: float,
+        retrying: bool = False,
     ) -> None:
         """Responses, the outcome into each decision record, and the acknowledgements, in
         one transaction. An answer from a redraw replaces the record's arm, probability and
@@ -102,7 +115,7 @@ class Records:
                     "prob": repr(d.prob), "explored": int(d.explored), "fallback": int(a.fell_back),
                     "cost_usd": repr(cost), "tokens_in": c.tokens_in if c else 0,
                     "tokens_out": c.tokens_out if c else 0, "latency_ms": round(a.latency_s * 1000, 1),
-                    "model_version": d.model_version, "error": a.error,
+                    "model_version": d.model_version, "error": a.error, "p": repr(p),
                 }  # fmt: skip
                 if q.meta:
                     fields["meta"] = q.meta
@@ -118,6 +131,8 @@ class Records:
                 pipe.xack(self.keys.queries, ROUTERS_GROUP, q.entry.id)
                 if c is not None:
                     spent.append((arm.name, cost))
+            if self.paced:  # in this transaction: counted exactly once, with the response
+                record_spend(pipe, self.keys, sum(c for _, c in spent), len(spent), now)
             await pipe.execute()
         for name, cost in spent:
             self.m.routed.labels(name).inc()

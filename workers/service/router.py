@@ -35,6 +35,7 @@ from workers.service.memory import HeapTrimmer
 from workers.service.messages import BadQuery, usable_id
 from workers.service.metrics import Metrics
 from workers.service.ownership import Ownership
+from workers.service.pacing import PaceReader
 from workers.service.providers import Provider
 from workers.service.reconnect import REDIS_OUTAGE, RedisLink
 from workers.service.records import Records, dead_response
@@ -77,6 +78,7 @@ class Batch:
     decisions: list[Decision]
     shared: list[str]  # each query's context as the policy saw it, for redraws
     started: float  # perf_counter when it was read
+    p: float  # the price weight the batch was decided with
 
 
 def parse_query(entry: Entry, settings: ServiceSettings, config: RoutingConfig) -> Query:
@@ -96,11 +98,13 @@ class Router:
         redis: aioredis.Redis,
         metrics: Metrics,
         link: RedisLink | None = None,
+        pace: PaceReader | None = None,
     ) -> None:
         self.settings, self.config, self.policy = settings, config, policy
         self.link = link  # None: a failed write fails the batch (no reconnecting)
         self.embedder, self.r, self.m = embedder, redis, metrics
         self.keys = Keys(settings.prefix)
+        self.pace = pace or PaceReader(redis, self.keys, config.policy.p, None, metrics)
         self.consumer = settings.consumer or f"router-{random.getrandbits(32):08x}"
         retry = RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
         breakers = Breakers(config.arms.names, settings.breaker_failures,
@@ -122,7 +126,8 @@ class Router:
         self._embedder_free_at = 0.0  # perf_counter when the embedder last finished a batch
         self._trimmer = HeapTrimmer()  # this process's heap; the embedder child trims its own
         self.ownership = Ownership(redis, self.keys, self.consumer, settings.claim_idle_ms)
-        self.records = Records(redis, self.keys, settings, config.arms, metrics, self.ownership)
+        self.records = Records(redis, self.keys, settings, config.arms, metrics, self.ownership,
+                               paced=self.pace.paced)  # fmt: skip
         self._last_repeat_check = 0.0
         self._abandoned: list[str] = []  # query ids whose calls the shutdown deadline cut
         self._adopt(policy)
@@ -292,14 +297,15 @@ class Router:
         if self._trimmer.due():
             await asyncio.to_thread(self._trimmer.trim)
         queries = started.queries
+        p = await self.pace.current()
         with self.m.stage.labels("decide").time():
             shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
             healthy = self.dispatcher.breakers.available()
             # With no arm healthy, decide over all: the dispatcher waits for one to be back.
             decisions = self.policy.decide_lines(
-                shared, available=healthy if healthy.any() else None
+                shared, p=p, available=healthy if healthy.any() else None
             )
-        held = await self._persist(lambda _: self.records.store(self.policy, queries, decisions, shared),
+        held = await self._persist(lambda _: self.records.store(self.policy, queries, decisions, shared, p),
                                    "storing decisions")  # fmt: skip
         mine = [i for i, h in enumerate(held) if h is None]
         for q, h in zip(queries, held, strict=True):
@@ -310,19 +316,20 @@ class Router:
                 )
         self._unanswered += len(mine)
         return Batch([queries[i] for i in mine], [decisions[i] for i in mine],
-                     [shared[i] for i in mine], started.started)  # fmt: skip
+                     [shared[i] for i in mine], started.started, p)  # fmt: skip
 
-    def _redraw(self, shared: str) -> Redraw:
+    def _redraw(self, shared: str, p: float) -> Redraw:
         """A new decision for one query over the arms of a mask, after its arm failed."""
-        return lambda available: self.policy.decide_lines([shared], available=available)[0]
+        return lambda available: self.policy.decide_lines([shared], p=p, available=available)[0]
 
     async def finish(self, batch: Batch) -> None:
         """Call the arms; write each response and acknowledge its query as soon as its
         answer is in, in one transaction with the others of the batch answered by then, so
         that a slow call does not hold back the rest of its batch."""
         t0 = time.perf_counter()
+        redraw = partial(self._redraw, p=batch.p)
         calls = {
-            asyncio.create_task(self.dispatcher.answer(q.text, d, self._redraw(line))): (q, d)
+            asyncio.create_task(self.dispatcher.answer(q.text, d, redraw(line))): (q, d)
             for q, d, line in zip(batch.queries, batch.decisions, batch.shared, strict=True)
         }
         pending = set(calls)
@@ -335,7 +342,7 @@ class Router:
                 # Through a Redis outage: these answers are paid for, and another router
                 # claiming them would pay again.
                 await self._persist(
-                    partial(self.records.respond, self.policy, ready), "writing responses"
+                    partial(self.records.respond, self.policy, ready, batch.p), "writing responses"
                 )
                 self._unanswered -= len(ready)
                 self._answered.set()

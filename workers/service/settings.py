@@ -84,8 +84,11 @@ class ServiceSettings:
     another router, which sends them again). ``repeat_wait_s``: how long a query whose id is
     already being answered waits for that answer before it gets an error.
 
-    ``budget_usd_per_hour`` and ``accuracy_floor`` are not enforced by the workers: they are
-    exported as gauges (0 = not configured) for the alerts on spend and accuracy.
+    ``budget_usd_per_10k`` (USD per 10,000 queries) and ``budget_usd_per_hour`` (USD per
+    hour, all routers together) are spend targets the learner's pacing controller holds by
+    moving p (workers/service/pacing.py); 0 = the config's [budget] table decides (no
+    target there: p stays the config's constant). ``accuracy_floor`` is not enforced: it is
+    exported as a gauge (0 = not configured) for the alert on accuracy.
 
     ``reconnect_base_s`` and ``reconnect_cap_s``: the capped exponential backoff (full
     jitter, seconds) between PINGs to a lost Redis; after the first stop signal a worker
@@ -119,6 +122,7 @@ class ServiceSettings:
     reload_check_s: float = DEFAULT_RELOAD_CHECK_S
     model_dir: str = ""
     metrics_port: int = 0
+    budget_usd_per_10k: float = 0.0
     budget_usd_per_hour: float = 0.0
     accuracy_floor: float = 0.0
     embedder_process: bool = True
@@ -164,10 +168,10 @@ class ServiceSettings:
             raise ConfigError(f"default_reward = {self.default_reward} must be in [0, 1] or unset")
         if not self.prefix:
             raise ConfigError("prefix must be a non-empty string such as 'metallm:'")
-        if not (math.isfinite(self.budget_usd_per_hour) and self.budget_usd_per_hour >= 0):
-            raise ConfigError(
-                f"budget_usd_per_hour = {self.budget_usd_per_hour} must be ≥ 0 USD (0 = none)"
-            )
+        for name in ("budget_usd_per_10k", "budget_usd_per_hour"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} = {value} must be ≥ 0 USD (0 = none)")
         if not 0 <= self.accuracy_floor <= 1:
             raise ConfigError(
                 f"accuracy_floor = {self.accuracy_floor} must be a fraction in [0, 1] (0 = none)"
@@ -302,6 +306,20 @@ class Keys:
 
     def learned(self, query_id: str) -> str:
         return f"{self.prefix}learned:{query_id}"
+
+    @property
+    def budget_p(self) -> str:
+        """The p the pacing controller set; every router reads it each batch."""
+        return f"{self.prefix}budget:p"
+
+    @property
+    def budget_state(self) -> str:
+        """The pacing controller's state (JSON), written with ``budget_p``."""
+        return f"{self.prefix}budget:state"
+
+    def spend_bucket(self, bucket: int) -> str:
+        """Hash of the spend (``usd``) and answers (``queries``) of one time bucket."""
+        return f"{self.prefix}spend:{bucket}"
 
 
 ROUTERS_GROUP = "routers"
