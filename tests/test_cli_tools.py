@@ -96,6 +96,12 @@ def test_demo_end_to_end_writes_the_table(data_dir: Path, tmp_path: Path) -> Non
     )
     assert rep["router"]["acc"] > 0.7
     assert "metallm router" in proc.stdout
+    # Off-policy estimates beside the truth from every arm's recorded outcomes: the live
+    # policy's estimate is its measured accuracy, each arm's truth is its own column.
+    ope = {x["policy"]: x for x in rep["ope"]}
+    assert ope["live"]["acc"] == pytest.approx(rep["router"]["acc"])
+    assert ope["always:gpt-4"]["true_acc"] == pytest.approx(rep["arms"]["gpt-4"]["acc"])
+    assert all(x["true_acc"] is not None for name, x in ope.items() if name.startswith("greedy:"))
 
 
 def test_metrics_endpoint_serves_prometheus_text(

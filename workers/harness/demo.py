@@ -32,7 +32,9 @@ from bandit.config import RoutingConfig
 from bandit.datasets import Dataset, make_split
 from bandit.embedder import Embedder
 from bandit.errors import MetalLMError
+from bandit.ope import OffPolicyEvaluator, arm_policy, greedy_policy
 from bandit.pacing import PER_10K
+from bandit.reward import reward
 from workers.harness.producer import ProducerOptions, ProducerStats, produce
 from workers.harness.replay_server import Faults, ReplayBook, ReplayServer
 from workers.service.app import Service, install_signal_handlers, warm_started_policy
@@ -277,7 +279,45 @@ async def _report(r: aioredis.Redis, keys: Keys, ds: Dataset, by_id: dict[str, i
     }
     if pacer is not None:
         rep["budget"] = _budget(pacer, cost, [float(x["p"]) for x in seen.values()])
+    ev = getattr(learner.ope, "ev", None)  # None: estimates off (paper mode)
+    if ev is not None:
+        rep["ope"] = await _ope(r, keys, ds, seen, by_id, ev, rep["router"])
     return rep
+
+
+async def _ope(r: aioredis.Redis, keys: Keys, ds: Dataset, seen: dict[str, dict[str, str]],
+               by_id: dict[str, int], ev: OffPolicyEvaluator, router: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+    """The learner's estimate of every policy beside its truth on the same queries, from
+    the recorded outcome of every arm: an arm's own; greedy at p, the recorded outcome of the
+    arm it picks from each decision's logged predictions (the ``predicted`` field of the
+    decision records); live, the router's measured figures."""
+    names = list(ev.config.arm_names)
+    cols = [ds.arms.index(a) for a in names]
+    rows = np.array([by_id[q] for q in seen])
+    correct, cost = ds.correct[rows][:, cols], ds.cost_usd[rows][:, cols]
+    async with r.pipeline(transaction=False) as pipe:
+        for q in seen:
+            pipe.hget(keys.decision(q), "predicted")
+        found = await pipe.execute()
+    predicted = [json.loads(v) if v else None for v in found]
+    truth: dict[str, tuple[float, float]] = {"live": (router["acc"], router["cost_per_10k"])}
+    for j, a in enumerate(names):
+        truth[arm_policy(a)] = (float(correct[:, j].mean()), float(cost[:, j].mean() * PER_10K))
+    have = [k for k, v in enumerate(predicted) if v is not None]
+    if have:
+        preds = np.array([predicted[k] for k in have])
+        for p in ev.config.p_grid:
+            pick = np.argmax(reward(preds, ev.costs, p), axis=1)
+            truth[greedy_policy(p)] = (float(correct[have, pick].mean()),
+                                       float(cost[have, pick].mean() * PER_10K))  # fmt: skip
+    out = []
+    for e in ev.estimates("cumulative"):
+        acc_lo, acc_hi = e.acc.gaussian or (None, None)
+        true_acc, true_cost = truth.get(e.policy, (None, None))
+        out.append({"policy": e.policy, "acc": e.acc.value, "acc_lo": acc_lo, "acc_hi": acc_hi,
+                    "cost_per_10k": e.cost_per_10k.value, "true_acc": true_acc,
+                    "true_cost_per_10k": true_cost, "labels": e.labels})  # fmt: skip
+    return out
 
 
 def _budget(pacer: Pacer, cost: list[float], p: list[float]) -> dict[str, Any]:
@@ -321,6 +361,27 @@ def print_demo_report(rep: dict[str, Any], out: TextIO) -> None:
               f"{SETTLE_SHARE:.0%} of answers {b['realised_cost_per_10k_after_10pct']:.3f}, "
               f"{b['realised_cost_per_10k_after_10pct'] / target - 1:+.1%}), final p = "
               f"{b['p_final']:.4g}", file=out)  # fmt: skip
+    if rep.get("ope"):
+        _print_ope(rep["ope"], out)
+
+
+def _print_ope(rows: list[dict[str, Any]], out: TextIO) -> None:
+    """The learner's off-policy estimates beside the truth from the recorded outcomes."""
+
+    def pct(x: float | None) -> str:
+        return f"{x * 100:6.2f}%" if x is not None else "     —"
+
+    def usd(x: float | None) -> str:
+        return f"{x:9.3f}" if x is not None else "        —"
+
+    print("\n  off-policy estimates (SNIPS, Gaussian 95 % interval) against the recorded truth",
+          file=out)  # fmt: skip
+    print(f"  {'policy':<26} {'estimate':>8} {'interval':>17} {'true':>7}  {'USD/10k':>9} {'true':>9}",
+          file=out)  # fmt: skip
+    for x in rows:
+        interval = f"[{pct(x['acc_lo']).strip()}, {pct(x['acc_hi']).strip()}]"
+        print(f"  {x['policy']:<26} {pct(x['acc'])} {interval:>17} {pct(x['true_acc'])}  "
+              f"{usd(x['cost_per_10k'])} {usd(x['true_cost_per_10k'])}", file=out)  # fmt: skip
 
 
 def write_demo_json(rep: dict[str, Any], path: Path) -> None:
