@@ -247,6 +247,7 @@ async def learner_phase(
         settings, policy, r, Metrics(CollectorRegistry()), evaluation if ope else OPE_OFF
     )
     await ensure_group(r, keys.feedback, LEARNERS_GROUP)
+    await evaluation.ensure_restored()  # as Learner.run does before its first step
     t0 = time.perf_counter()
     while learner.updates < n:
         await learner.step()
