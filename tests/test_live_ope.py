@@ -29,13 +29,14 @@ from bandit.config import RoutingConfig, builtin_config
 from bandit.datasets import Dataset
 from bandit.ope import OffPolicyEvaluator
 from bandit.policy import Policy
+from tests.test_learner_commit import group_state
 from workers.cli import main
 from workers.harness.replay_server import ReplayServer
 from workers.service.app import Service, fresh_policy, warm_started_policy
 from workers.service.evaluation import LiveEvaluation, OPEKeys, ope_config
 from workers.service.learner import Learner
 from workers.service.metrics import Metrics
-from workers.service.settings import LEARNERS_GROUP, Keys, ServiceSettings
+from workers.service.settings import Keys, ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = builtin_config("overruling")
@@ -110,18 +111,6 @@ def feed(r: redis.Redis, keys: Keys, entries: list[dict[str, str]], per_s: float
         time.sleep(10 / per_s)
 
 
-def read_state(r: redis.Redis, keys: Keys) -> tuple[int, int]:
-    """(entries the learners' group has read, pending), (0, 0) before the group exists."""
-    try:
-        groups = r.xinfo_groups(keys.feedback)
-    except redis.ResponseError:
-        return 0, 0
-    for g in groups:
-        if g["name"] == LEARNERS_GROUP.encode():
-            return int(g.get("entries-read") or 0), int(g["pending"])
-    return 0, 0
-
-
 def wait_until(check: Callable[[], bool], proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:  # fmt: skip
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -162,12 +151,12 @@ def test_the_estimates_survive_a_killed_learner_and_count_each_label_once(
         time.sleep(rng.uniform(0.1, 0.9))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        kills.append(read_state(r, keys))
+        kills.append(group_state(r, keys))
         flow.join()
     since = r.get(keys.model_published)
     proc = start_learner(redis_url, prefix)
     started(proc, since)
-    wait_until(lambda: read_state(r, keys) == (len(feedback), 0), proc, timeout_s=120)
+    wait_until(lambda: group_state(r, keys) == (len(feedback), 0), proc, timeout_s=120)
     proc.send_signal(signal.SIGTERM)
     why = f"seed {seed}, group after each kill {kills}"
     assert proc.wait(timeout=30) == 0, why
