@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,6 +16,7 @@ import redis.asyncio as aioredis
 
 from bandit.config import RoutingConfig
 from bandit.datasets import Dataset
+from tests.test_service import responses, wait_for
 from workers.harness.replay_server import Faults, ReplayBook, ReplayServer
 from workers.service.app import Service
 from workers.service.settings import Keys, ServiceSettings
@@ -68,19 +68,6 @@ def run(services: list[Service], body: Body, setup: Setup | None = None) -> None
                 await svc.close()
 
     asyncio.run(main())
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
-async def responses(r: aioredis.Redis, keys: Keys) -> list[dict[str, str]]:
-    return [
-        {k.decode(): v.decode() for k, v in f.items()} for _, f in await r.xrange(keys.responses)
-    ]
 
 
 def at_least(r: aioredis.Redis, stream: str, n: int) -> Callable[[], Awaitable[bool]]:
