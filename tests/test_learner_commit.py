@@ -366,31 +366,3 @@ def test_a_decision_record_that_cannot_be_learned_is_a_dead_letter(
     [(_, dead)] = r.xrange(keys.dead)
     assert dead[b"id"] == b"q0" and b"cannot be learned" in dead[b"error"]
     assert group_state(r, keys)[1] == 0
-
-
-def test_rewind_goes_back_to_the_commit_and_learns_again(redis_url: str, prefix: str) -> None:
-    keys, r = Keys(prefix), redis.Redis.from_url(redis_url)
-    settings = ServiceSettings(redis_url=redis_url, prefix=prefix, block_ms=20,
-                               snapshot_every_updates=1000, snapshot_every_s=600)  # fmt: skip
-    policy = fresh_policy(builtin_config("overruling"))
-    n = 30
-    ids = [f"q{i}" for i in range(n)]
-    store_decisions(r, keys, settings, policy, ids, shared_lines(policy, n))
-    for q in ids:
-        r.xadd(keys.feedback, {"id": q, "label": "No"})
-
-    async def main() -> None:
-        one, ar = learner(redis_url, settings, policy)
-        stop = asyncio.Event()
-        stop.set()
-        await one.run(stop)  # commits version 0
-        await steps_until(one, lambda: one.policy.version == n)
-        await one.rewind()  # as if its commit had failed
-        assert one.policy.version == 0
-        await steps_until(one, lambda: one.policy.version == n)
-        await one.run(stop)
-        await ar.aclose()
-        assert one.outcomes["joined"] == 2 * n and one.outcomes["duplicate"] == 0
-
-    asyncio.run(main())
-    assert version(r, keys) == n

@@ -118,7 +118,7 @@ class Evaluation:
         """Read the committed state, once, before the first label or commit."""
 
     async def restore(self) -> None:
-        """Go back to the committed state (the learner rewinds)."""
+        """Read the committed state (the learner calls it before its first label or commit)."""
 
     async def promotion_due(self) -> bool:
         """Whether a promotion was asked for (looked up every few seconds)."""

@@ -156,24 +156,6 @@ class Learner:
             self._next = None
         await self.publish()
 
-    async def rewind(self) -> None:
-        """Drop everything learned, read or judged since the last commit and go back to the
-        committed snapshot; this consumer's unacknowledged entries are then read again. For
-        a learner whose commit failed (Redis went away): what it holds can no longer be
-        committed as one step, and learning it again must start from the committed model."""
-        data: Any = await self.r.get(self.keys.model_bytes)
-        if data:
-            self.policy = Policy.from_bytes(bytes(data))
-        self._next, self._uncommitted = None, _Uncommitted()
-        self._seen.clear()
-        self._reading.clear()
-        self._own_pending = "0"
-        self._since_publish = 0
-        self.published_version = self.policy.version
-        self.m.model_version.set(self.policy.version)
-        await self.ope.restore()  # the estimates go back to the commit with the model
-        log.info("rewound to the committed model version %d", self.policy.version)
-
     async def step(self) -> int:
         """Learn one batch of feedback; returns how many entries it held."""
         batch = self._next if self._next is not None else await self._fetch(block=True)
