@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import socket
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from workers.harness.replay_server import Faults, ReplayBook, ReplayServer
 from workers.service.app import Service, install_signal_handlers, warm_started_policy
 from workers.service.learner import Learner
 from workers.service.pacing import Pacer
+from workers.service.reconnect import redacted
 from workers.service.settings import Keys, ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,6 @@ def redis_for_run(url: str | None) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password, for printing."""
-    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
 
 
 def run_demo(

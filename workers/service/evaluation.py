@@ -37,6 +37,7 @@ from bandit.errors import EstimatorError, MetalLMError, PolicyError
 from bandit.ope import SCOPES, LoggedDecision, OffPolicyEvaluator, OPEConfig
 from bandit.policy import Policy
 from workers.service.metrics import Metrics
+from workers.service.streams import text
 
 log = logging.getLogger(__name__)
 # The largest cost of one call, as a multiple of the dearest arm's fixed (typical) cost:
@@ -105,10 +106,6 @@ def load_candidate(data: bytes, arm_names: Sequence[str], name: str) -> Policy:
     if diff:
         raise PolicyError(f"shadow candidate {name!r} has other arms than the config: {diff}")
     return policy
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class Evaluation:
@@ -219,7 +216,7 @@ class LiveEvaluation(Evaluation):
         if not force and time.monotonic() - self._last_sync < SYNC_EVERY_S:
             return
         self._last_sync = time.monotonic()
-        names = {_s(n) for n in await self.r.smembers(self.keys.shadows)}
+        names = {text(n) for n in await self.r.smembers(self.keys.shadows)}
         names.discard(self._promoted or "")
         for name in [n for n in self.ev.shadows if n not in names]:
             self.ev.remove_shadow(name)

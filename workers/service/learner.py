@@ -45,6 +45,7 @@ from workers.service.streams import (
     group_backlog,
     read_new,
     read_own_pending,
+    text,
 )
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ RECORD_FIELDS = ("shared", "arm", "arm_name", "prob", "cost", "label", "fallback
 LEARN_CHUNK = 64
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _lua(name: str) -> str:
     """A server-side script kept beside this module."""
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
@@ -74,7 +71,7 @@ def _lua(name: str) -> str:
 
 def _decode_record(raw: list[Any]) -> dict[str, str]:
     """A decision record's ``RECORD_FIELDS`` as HMGET returns them, without the missing ones."""
-    return {f: _s(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
+    return {f: text(v) for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
 
 
 def _learnable(record: dict[str, str]) -> bool:
@@ -306,7 +303,7 @@ class Learner:
         due = await self.r.zrangebyscore(
             self.keys.awaiting, "-inf", time.time(), start=0, num=EXPIRY_BATCH + held
         )
-        ids = [q for q in map(_s, due) if q not in self._seen and q not in todo.settled]
+        ids = [q for q in map(text, due) if q not in self._seen and q not in todo.settled]
         ids = ids[:EXPIRY_BATCH]
         if not ids:
             return

@@ -35,7 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from workers.service.settings import ROUTERS_GROUP, Keys
-from workers.service.streams import renew_claims
+from workers.service.streams import renew_claims, text
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ ABANDONED = "abandoned"  # record field: 1 when a shutdown deadline cut the call
 @functools.cache
 def script_text() -> str:
     return resources.files("workers.service").joinpath("ownership.lua").read_text()
-
-
-def _s(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ class Holder:
     @classmethod
     def from_reply(cls, reply: Any) -> Holder | None:
         """The script's reply; None when the caller now owns the id."""
-        words = [_s(w) for w in reply]
+        words = [text(w) for w in reply]
         if words[0] in ("new", "retake"):
             return None
         if words[0] == "answered":
@@ -211,7 +207,7 @@ class Ownership:
         now, settled = time.monotonic(), 0
         for rep, raw in zip(repeats, found, strict=True):
             if raw is not None:
-                fields = rebuilt(_s(raw), rep.meta)
+                fields = rebuilt(text(raw), rep.meta)
             elif now - rep.since >= wait_s:
                 error = (f"query id {rep.qid!r} is still being answered for another entry after "
                          f"{wait_s:g} s; it is not sent again (resubmit under a new id to retry)")  # fmt: skip

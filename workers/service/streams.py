@@ -36,8 +36,9 @@ class Entry:
     decode_error: str = ""
 
 
-def _text(raw: Any) -> str:
-    """``raw`` as text: bytes decoded as UTF-8 (UnicodeDecodeError when they are not)."""
+def text(raw: Any) -> str:
+    """``raw`` (a Redis reply) as text: bytes decoded as UTF-8 (UnicodeDecodeError when
+    they are not)."""
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
@@ -54,13 +55,13 @@ def _entry(eid: str, raw: Any) -> Entry:
     errors: list[str] = []
     for k, v in raw.items():
         try:
-            name = _text(k)
+            name = text(k)
         except UnicodeDecodeError as exc:
             undecodable[_escaped(k)] = _escaped(v)
             errors.append(f"a field name is not valid UTF-8 ({exc.reason} at byte {exc.start})")
             continue
         try:
-            fields[name] = _text(v)
+            fields[name] = text(v)
         except UnicodeDecodeError as exc:
             undecodable[name] = _escaped(v)
             errors.append(
