@@ -165,3 +165,20 @@ def normalise_costs(costs_usd: np.ndarray) -> np.ndarray:
     if top <= 0:
         raise ConfigError("every cost is 0: cannot normalise so that the dearest costs 1")
     return costs / top
+
+
+def arm_difference(have: Sequence[str], want: Sequence[str]) -> str | None:
+    """None when the two arm lists are the same (names and order), else a message naming
+    the difference: ``have`` is what a snapshot was trained for, ``want`` the config's."""
+    if tuple(have) == tuple(want):
+        return None
+    added = [n for n in want if n not in have]
+    removed = [n for n in have if n not in want]
+    parts = []
+    if added:
+        parts.append(f"the config adds {added}")
+    if removed:
+        parts.append(f"the config drops {removed}")
+    if not parts:
+        parts.append(f"the order differs: snapshot {list(have)}, config {list(want)}")
+    return "; ".join(parts)

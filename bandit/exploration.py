@@ -53,6 +53,32 @@ def restrict(pmf: np.ndarray, available: np.ndarray) -> np.ndarray:
     return kept / total if total > 0 else available / available.sum()
 
 
+def with_floor(
+    pmf: np.ndarray, floor: np.ndarray, available: np.ndarray | None = None
+) -> np.ndarray:
+    """``pmf`` with arm j given at least ``floor[j]`` (shape (n_arms,), ≥ 0, summing to
+    less than 1), the other arms scaled down in proportion to make room: a guaranteed
+    exploration share for a new or drifted arm. An arm that may not be drawn (``available``
+    False) is given no floor. The result is the pmf the arm is really drawn from.
+    """
+    floor = np.asarray(floor, dtype=np.float64)
+    if available is not None:
+        floor = np.where(_check_available(available, pmf), floor, 0.0)
+    if floor.shape != pmf.shape or np.any(floor < 0) or floor.sum() >= 1:
+        raise ConfigError(f"exploration floor {floor.tolist()} must be ≥ 0 per arm and sum below 1")
+    out = np.asarray(pmf, dtype=np.float64).copy()
+    raised = np.zeros(out.shape, dtype=bool)
+    for _ in range(out.size):  # raising one arm can push another below its floor
+        low = ~raised & (out < floor)
+        if not low.any():
+            break
+        raised |= low
+        rest = out[~raised].sum()
+        room = 1.0 - floor[raised].sum()
+        out = np.where(raised, floor, out * (room / rest if rest > 0 else 0.0))
+    return out / out.sum()
+
+
 def _check_available(available: np.ndarray, scores: np.ndarray) -> np.ndarray:
     if available.shape != scores.shape or not available.any():
         raise ConfigError(

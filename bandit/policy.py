@@ -260,10 +260,15 @@ class Policy:
         return -raw
 
     def _decide_one(
-        self, scores: np.ndarray, greedy_only: bool, available: np.ndarray | None
+        self,
+        scores: np.ndarray,
+        greedy_only: bool,
+        available: np.ndarray | None,
+        floor: np.ndarray | None = None,
     ) -> Decision:
         """Explore and sample for one query; ``scores``: shape (n_arms,), a row of
-        ``decide_lines``' scores; ``available``: the arms that may be drawn (None: all)."""
+        ``decide_lines``' scores; ``available``: the arms that may be drawn (None: all);
+        ``floor``: each arm's least probability (exploration.with_floor)."""
         cfg = self.config
         greedy = int(
             np.argmax(scores if available is None else np.where(available, scores, -np.inf))
@@ -277,6 +282,8 @@ class Policy:
             pmf = exploration.softmax(scores, cfg.explorer_param or 10.0, available)
         else:
             pmf = exploration.epsilon_greedy(scores, cfg.epsilon, available)
+        if floor is not None and not greedy_only and floor.any():
+            pmf = exploration.with_floor(pmf, floor, available)
         arm = exploration.sample(pmf, self._rng)
         return Decision(arm, float(pmf[arm]), pmf, scores, greedy, self.version)
 
@@ -299,11 +306,14 @@ class Policy:
         p: float | None = None,
         greedy: bool = False,
         available: np.ndarray | None = None,
+        floor: np.ndarray | None = None,
     ) -> list[Decision]:
         """Decide a batch of context lines. ``available``: shape (n_arms,) of bool, the arms
         that may be drawn (None: all): the others get probability 0 and the pmf is
         renormalised over these, so the logged probability is the one the arm was drawn
-        with (the router leaves out arms whose circuit breaker is open)."""
+        with (the router leaves out arms whose circuit breaker is open). ``floor``: shape
+        (n_arms,), each arm's least probability when exploring (a new or drifted arm's
+        guaranteed share, exploration.with_floor); ignored when ``greedy``."""
         if p is not None and self.config.mode == "paper" and p != self.config.p:
             raise PolicyError(
                 f"paper mode learned with p = {self.config.p}; it cannot decide at p = {p} "
@@ -317,7 +327,7 @@ class Policy:
             scores = np.array([self.raw_predict(s) for s in shared_lines]).reshape(
                 len(shared_lines), self.n_arms
             )
-        return [self._decide_one(row, greedy, available) for row in scores]
+        return [self._decide_one(row, greedy, available, floor) for row in scores]
 
     # -- learning ------------------------------------------------------------------------
     def vw_cost(self, correct: float, cost: float) -> float:
@@ -383,6 +393,14 @@ class Policy:
                 "with_config cannot change mode, loss or word_features of a trained policy"
             )
         return Policy(config, self.arm_names, self.costs, self.dim, updates=self.updates,
+                      model=self._vw.to_bytes())  # fmt: skip
+
+    def with_arms(self, arm_names: Sequence[str], costs: np.ndarray) -> Policy:
+        """The same weights deciding over another arm list (an arm migration). Each arm's
+        model is keyed by its name (bandit.features), so an arm kept keeps its predictions
+        exactly, a new arm starts with empty weights, and a removed arm leaves the decision
+        (its weights stay in the model, unused). ``costs``: the new arms' normalised costs."""
+        return Policy(self.config, arm_names, costs, self.dim, updates=self.updates,
                       model=self._vw.to_bytes())  # fmt: skip
 
     @classmethod

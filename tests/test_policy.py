@@ -184,3 +184,51 @@ def test_bad_sampling_seeds(seed: object) -> None:
     with pytest.raises(PolicyError, match=r"sampling seed .* must be an integer ≥ 0"):
         pol.reseed(seed)  # type: ignore[arg-type]
     assert pol.sampling_seed == 0
+
+
+def test_with_arms_keeps_the_kept_arms_predictions_and_starts_a_new_arm_empty() -> None:
+    cfg = PolicyConfig(word_features=False, warm_start_passes=2)
+    pol = train_full_information(
+        Policy(cfg, ARMS, COSTS, DIM), data(Policy(cfg, ARMS, COSTS, DIM), *world(600, 0))
+    )
+    x, _ = world(50, 2)
+    before = pol.correctness(pol.features.shared_batch(x))
+    # add "new", drop "bad", reorder: the kept arms' P̂ are the same to the bit
+    moved = pol.with_arms(("new", "cheap", "dear"), np.array([0.5, 0.1, 1.0]))
+    after = moved.correctness(moved.features.shared_batch(x))
+    np.testing.assert_array_equal(after[:, 1], before[:, 1])
+    np.testing.assert_array_equal(after[:, 2], before[:, 0])
+    # a new arm has no weights of its own: only VW's shared constant, the same P̂ for
+    # every query, while a trained arm's P̂ varies with the query
+    np.testing.assert_allclose(after[:, 0], after[0, 0])
+    assert np.ptp(after[:, 1]) > 0.1
+    assert moved.version == pol.version
+
+
+def test_exploration_floor_gives_an_arm_its_share_and_keeps_a_pmf() -> None:
+    from bandit.exploration import with_floor
+
+    pmf = np.array([0.9, 0.05, 0.05, 0.0])
+    out = with_floor(pmf, np.array([0.0, 0.1, 0.0, 0.2]), pmf > 0)
+    assert out[1] == pytest.approx(0.1)
+    assert out[3] == 0.0  # an unavailable arm gets no floor
+    assert out.sum() == pytest.approx(1.0)
+    assert out[0] / out[2] == pytest.approx(0.9 / 0.05)  # the others keep their ratios
+    # an arm above its floor is left alone
+    np.testing.assert_allclose(with_floor(pmf, np.array([0.0, 0.01, 0.0, 0.0])), pmf)
+    with pytest.raises(ConfigError):
+        with_floor(pmf, np.array([0.6, 0.5, 0.0, 0.0]))
+    pol = Policy(PolicyConfig(word_features=False, epsilon=0.0), ARMS, COSTS, DIM)
+    (d,) = pol.decide_lines(
+        pol.features.shared_batch(np.ones((1, DIM))), floor=np.array([0.0, 0.0, 0.25])
+    )
+    assert d.pmf[2] == pytest.approx(0.25) and d.pmf.sum() == pytest.approx(1.0)
+
+
+def test_arm_difference_names_what_differs() -> None:
+    from bandit.arms import arm_difference
+
+    assert arm_difference(("a", "b"), ("a", "b")) is None
+    msg = arm_difference(("a", "b"), ("a", "c"))
+    assert msg is not None and "adds ['c']" in msg and "drops ['b']" in msg
+    assert "order" in (arm_difference(("a", "b"), ("b", "a")) or "")

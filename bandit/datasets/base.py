@@ -32,6 +32,11 @@ class Dataset:
     - ``cost_usd``: shape (n, n_arms), float, USD that call cost.
     - ``label_set``: the labels a parsed answer can take.
     - ``source_split``: shape (n,), "train"/"test" where the publisher fixed a split, else "".
+    - ``observed``: shape (n, n_arms), bool, where the outcome is known (None: everywhere).
+      An imported file may miss some arms on some rows; ``correct`` and ``cost_usd`` hold
+      0 there and nothing may learn from or score those cells.
+    - ``logged_prob``: shape (n, n_arms), float, the probability with which a logging
+      policy drew the observed arm (an exported service log); None: full information, 1.
     """
 
     name: str
@@ -44,6 +49,8 @@ class Dataset:
     cost_usd: np.ndarray
     label_set: tuple[str, ...]
     source_split: np.ndarray
+    observed: np.ndarray | None = None
+    logged_prob: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, k = len(self.ids), len(self.arms)
@@ -52,16 +59,24 @@ class Dataset:
                 raise DatasetError(
                     f"{self.name}: {fname} has {len(getattr(self, fname))} rows, ids {n}"
                 )
-        for fname in ("answers", "correct", "cost_usd"):
-            if getattr(self, fname).shape != (n, k):
+        for fname in ("answers", "correct", "cost_usd", "observed", "logged_prob"):
+            value = getattr(self, fname)
+            if value is not None and value.shape != (n, k):
                 raise DatasetError(
-                    f"{self.name}: {fname} has shape {getattr(self, fname).shape}, expected {(n, k)}"
+                    f"{self.name}: {fname} has shape {value.shape}, expected {(n, k)}"
                 )
         if len(set(self.ids.tolist())) != n:
             raise DatasetError(f"{self.name}: query ids are not unique")
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def observed_mask(self) -> np.ndarray:
+        """shape (n, n_arms), bool: ``observed``, or all True for a complete data set."""
+        if self.observed is None:
+            return np.ones(self.correct.shape, dtype=bool)
+        return self.observed
 
     def subset(self, idx: np.ndarray) -> Dataset:
         """The rows ``idx`` (shape (m,), int) as a data set of their own."""
@@ -76,6 +91,8 @@ class Dataset:
             cost_usd=self.cost_usd[idx],
             label_set=self.label_set,
             source_split=self.source_split[idx],
+            observed=None if self.observed is None else self.observed[idx],
+            logged_prob=None if self.logged_prob is None else self.logged_prob[idx],
         )
 
 
