@@ -75,3 +75,30 @@ def train_bandit(policy: Policy, data: TrainingData, seed: int = 0) -> ReplayRes
         explored += d.explored
     n = max(len(order), 1)
     return ReplayResult(len(order), got / n, spent / n * 10_000, explored / n)
+
+
+def train_logged(
+    policy: Policy,
+    data: TrainingData,
+    observed: np.ndarray,
+    logged_prob: np.ndarray,
+    seed: int = 0,
+    passes: int = 1,
+) -> int:
+    """Off-policy learning from a logged bandit policy's decisions (an exported service log):
+    each observed cell (row i, arm j) is learned once per pass, in a seeded order, with the
+    probability the logging policy drew arm j with, so VW weighs it by 1 / that probability
+    (the importance weight that undoes the logging policy's preferences), as the service's
+    learner learned it online. ``observed``: shape (n, n_arms), bool; ``logged_prob``: shape
+    (n, n_arms), in (0, 1] where observed. Returns how many updates were learned."""
+    rows, arms = np.nonzero(observed)
+    probs = logged_prob[rows, arms]
+    if len(rows) and not (np.all(probs > 0) and np.all(probs <= 1)):
+        raise ValueError("logged probabilities must be in (0, 1] on every observed cell")
+    rng = np.random.default_rng(seed)
+    for _ in range(passes):
+        for k in rng.permutation(len(rows)):
+            i, j = int(rows[k]), int(arms[k])
+            policy.learn_line(data.shared[i], j, float(probs[k]), float(data.correct[i, j]),
+                              float(data.cost[i, j]))  # fmt: skip
+    return len(rows) * passes

@@ -4,6 +4,7 @@
 - ``client``: submit, feedback, tail (what an application does with the streams);
 - ``local``: demo, produce, replay-llm (the harness on one machine);
 - ``offline``: evaluate, tune (the learning core on recorded outcomes);
+- ``train``: train, a policy snapshot for ``serve --model``; ``export``: the decision log;
 - ``report``: the learner's off-policy estimates (router against each arm);
 - ``shadow``: candidate policies evaluated beside the live one, and their promotion.
 
@@ -23,13 +24,13 @@ from collections.abc import Sequence
 import redis.exceptions
 
 from bandit.errors import MetalLMError
-from workers.cli import client, local, offline, report, service, shadow
+from workers.cli import client, export, local, offline, report, service, shadow, train
 
 # What redis-py raises when Redis goes away (not the builtin ConnectionError); the
 # service's reconnect module, which says the same, imports far more than the CLI needs.
 REDIS_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
-GROUPS = (service, client, local, offline, report, shadow)
+GROUPS = (service, client, local, offline, train, export, report, shadow)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,8 @@ def register(sub: Any) -> None:
     )
     add_dataset_options(ev)
     ev.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
+    ev.add_argument("--model", type=Path, metavar="SNAPSHOT", help="instead: this snapshot's "
+                    "greedy accuracy and cost on the test split at a few p, beside the warm start")  # fmt: skip
     ev.add_argument(
         "--plot", type=Path, help="write the cost–accuracy frontier as PNG to this file"
     )
@@ -102,6 +104,10 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from bandit.evaluation import evaluate
     from workers.harness.report import print_report, write_json, write_plot
 
+    if args.model:
+        from workers.cli.train import cmd_evaluate_model
+
+        return cmd_evaluate_model(args, env)
     cfg = routing_config(args, env)
     _check_budget_options(args, cfg)  # before the data set is read and embedded
     ds = dataset(args, env)

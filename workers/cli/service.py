@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from bandit.errors import MetalLMError
 
 from workers.cli.options import (
     CACHE_DIR_HELP,
@@ -57,6 +60,20 @@ def _add_worker_options(p: argparse.ArgumentParser, roles: tuple[str, ...]) -> N
         "--model-dir", help="also write model snapshots here, and load the newest on start"
     )
     p.add_argument(
+        "--model",
+        type=Path,
+        metavar="SNAPSHOT",
+        help="start from this policy snapshot (metallm train --out); the deployment's own "
+        "snapshot in Redis (or --model-dir) is taken instead when its version is at least as "
+        "high. A snapshot trained for other arms than the config's is refused",
+    )
+    p.add_argument(
+        "--migrate-arms",
+        action="store_true",
+        help="with --model: start from a snapshot trained for other arms anyway (arms kept keep "
+        "what they learned, new arms start untrained; logged)",
+    )
+    p.add_argument(
         "--reward-wait-s",
         type=float,
         help=f"how long a decision waits for its label (default {DEFAULT_REWARD_WAIT_S})",
@@ -101,7 +118,13 @@ def _add_worker_options(p: argparse.ArgumentParser, roles: tuple[str, ...]) -> N
 def cmd_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from workers.service.app import Service, run_service
 
+    from workers.service.model_start import load_model
+
     cfg = routing_config(args, env)
-    service = Service(service_settings(args, env, cfg), cfg, roles=ROLES[args.command], env=env)
+    if args.migrate_arms and not args.model:
+        raise MetalLMError("--migrate-arms needs --model SNAPSHOT: it migrates that snapshot")
+    given = load_model(args.model, cfg, args.migrate_arms) if args.model else None
+    service = Service(service_settings(args, env, cfg), cfg, roles=ROLES[args.command], env=env,
+                      initial_policy=given, initial_name=f"--model {args.model}")  # fmt: skip
     asyncio.run(run_service(service))
     return 0

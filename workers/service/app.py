@@ -32,6 +32,7 @@ from workers.service.evaluation import LiveEvaluation, ope_config
 from workers.service.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
 from workers.service.learner import Learner, newest_snapshot, save_snapshot
 from workers.service.metrics import Metrics
+from workers.service.model_start import starting_policy
 from workers.service.pacing import BudgetSettings, Pacer, PaceReader, budget_settings
 from workers.service.providers import build_providers
 from workers.service.reconnect import (
@@ -74,6 +75,7 @@ class Service:
     config: RoutingConfig
     roles: tuple[str, ...] = ROLES
     initial_policy: Policy | None = None
+    initial_name: str = "the given model"  # how the start-up log names initial_policy
     # The provider settings of the environment (OPENAI_*, AWS_*, METALLM_REPLAY_URL, …),
     # read by the caller at its edge.
     env: Mapping[str, str] = field(default_factory=dict)
@@ -120,10 +122,9 @@ class Service:
 
     async def _start_roles(self) -> None:
         s = self.settings
-        policy = await newest_snapshot(self.redis, Keys(s.prefix), s.model_dir)
-        if policy is None or (self.initial_policy and self.initial_policy.version > policy.version):
-            policy = self.initial_policy or fresh_policy(self.config)
-        log.info("starting %s with model version %d", "+".join(self.roles), policy.version)
+        deployed = await newest_snapshot(self.redis, Keys(s.prefix), s.model_dir)
+        policy = starting_policy(deployed, self.initial_policy, self.initial_name,
+                                 fresh_policy(self.config), "+".join(self.roles))  # fmt: skip
         if "learner" in self.roles:
             # Online updates are one pass with importance weights: they take the online rate.
             online = policy.config.for_online()

@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from bandit.policy import Policy
 from bandit.reward import is_correct
 from bandit.reward import reward as reward_of
+from workers.service.decision_log import LOG_FIELDS, DecisionLog
 from workers.service.evaluation import OPE_OFF, Evaluation
 from workers.service.messages import BadFeedback, Feedback, check_feedback_label, parse_feedback
 from workers.service.metrics import Metrics
@@ -58,7 +59,7 @@ FEEDBACK_BATCH = 512
 COMMIT_MAX_HELD = 20_000
 # What learning and (from pmf on) off-policy evaluation need of a decision record.
 RECORD_FIELDS = ("shared", "arm", "arm_name", "prob", "cost", "label", "fallback", "failed",
-                 "labels", "pmf", "predicted", "cost_usd", "p")  # fmt: skip
+                 "labels", "pmf", "predicted", "cost_usd", "p", *LOG_FIELDS)  # fmt: skip
 # Updates learned between yields to the event loop, so the read-ahead (and, in serve, the
 # router) run while a batch learns.
 LEARN_CHUNK = 64
@@ -132,6 +133,7 @@ class Learner:
         self._join = redis.register_script(_lua("join.lua"))
         self._commit_ids = redis.register_script(_lua("commit.lua"))
         self._per_arm: dict[str, tuple[Any, Any, Any]] = {}
+        self.decisions = DecisionLog(settings, self.keys)  # joined decisions, for export
         self._next: _Joined | None = None  # the batch read and joined ahead
         # Since the last commit: ids learned, defaulted or judged (a later label for them is
         # a duplicate), feedback entries read (not acknowledged yet), and what to commit.
@@ -239,6 +241,7 @@ class Learner:
                 else:
                     correct = (fb.reward if fb.reward is not None
                                else is_correct(record["label"], fb.label or ""))  # fmt: skip
+                    self.decisions.note(record, qid, fb.label)
                     batch.learn.append((k, record, correct))
         return batch
 
@@ -263,6 +266,7 @@ class Learner:
                 batch.invalid[k] = ("feedback", f"its decision record cannot be learned: {exc!r}")
                 continue
             self.ope.observe(record, correct)  # labels only: a default reward is no outcome
+            self.decisions.add(record, correct, self.policy.arm_names)
             batch.outcomes[k] = "joined"
         todo = self._uncommitted
         todo.markers += batch.mark
@@ -364,6 +368,7 @@ class Learner:
             self._uncommitted = todo
             raise
         self.ope.committed(self.m)
+        self.decisions.committed()
         self._seen.difference_update(todo.markers)
         self._reading.difference_update(todo.acks)
         self._since_publish = 0
@@ -387,6 +392,7 @@ class Learner:
                 pipe.set(k.model_version, self.policy.version)
                 pipe.set(k.model_published, repr(now))
             self.ope.queue_commit(pipe)
+            self.decisions.queue_commit(pipe)
             if todo.markers or todo.settled:
                 markers = [k.learned(qid) for qid in todo.markers]
                 # Queued in the transaction (awaiting it sends nothing yet).

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from bandit.arms import ArmCatalogue
 from bandit.policy import Decision, Policy
 from workers.service.answers import parse_label
+from workers.service.decision_log import record_text
 from workers.service.dispatch import Answer
 from workers.service.metrics import Metrics
 from workers.service.ownership import Holder, Ownership
@@ -77,7 +78,7 @@ class Records:
                 await self.ownership.take(pipe, q.id, q.entry.id, ttl, {
                     "shared": line, **drawn(policy, d), "p": repr(p),
                     "labels": json.dumps(q.labels), "decided_at": repr(time.time()),
-                    "explored": int(d.explored),
+                    "explored": int(d.explored), **record_text(self.settings, q.text),
                 })  # fmt: skip
             replies = await pipe.execute()
         held = [Holder.from_reply(reply) for reply in replies]

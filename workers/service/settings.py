@@ -49,6 +49,9 @@ MARKER_MARGIN_S = 600
 DEFAULT_RESPONSES_MAXLEN = 1_000_000
 DEFAULT_FEEDBACK_MAXLEN = 1_000_000
 DEFAULT_DEAD_MAXLEN = 100_000
+# The decision log (workers/service/decision_log.py): joined decisions kept for export, in
+# entries (0 = no log); see the README's "The decision log" for its memory per entry.
+DEFAULT_DECISION_LOG_MAXLEN = 1_000_000
 # Below the 60 s grace period of deploy/compose.yaml and deploy/k8s/*.yaml, leaving 15 s to
 # mark what is left abandoned, save the model and close before SIGKILL.
 DEFAULT_SHUTDOWN_DEADLINE_S = 45.0
@@ -98,7 +101,11 @@ class ServiceSettings:
     ``max_text_chars`` (characters of a query's ``text``, and of its ``meta``),
     ``max_labels`` (labels in a query's ``labels``) and ``max_label_chars`` (characters of
     one label, in a query or in feedback) bound what a query may ask for; a query over them
-    is dead-lettered (stage ``parse``) and answered with the reason."""
+    is dead-lettered (stage ``parse``) and answered with the reason.
+
+    ``decision_log_maxlen``: how many joined decisions the decision log keeps (the oldest go
+    first; 0 = no log); ``decision_log_texts``: keep each query's text in it (routers then
+    store the text in the decision record), or, when false, only the context features."""
 
     redis_url: str = DEFAULT_REDIS_URL
     prefix: str = DEFAULT_PREFIX
@@ -137,6 +144,8 @@ class ServiceSettings:
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     max_labels: int = DEFAULT_MAX_LABELS
     max_label_chars: int = DEFAULT_MAX_LABEL_CHARS
+    decision_log_maxlen: int = DEFAULT_DECISION_LOG_MAXLEN
+    decision_log_texts: bool = True
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
@@ -187,6 +196,8 @@ class ServiceSettings:
             value = getattr(self, name)
             if not 1 <= value <= most:
                 raise ConfigError(f"{name} = {value} must be between 1 and {most}")
+        if self.decision_log_maxlen < 0:
+            raise ConfigError(f"decision_log_maxlen = {self.decision_log_maxlen} must be ≥ 0 (0 = no log)")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
 
@@ -296,6 +307,11 @@ class Keys:
     def awaiting(self) -> str:
         """Sorted set of query ids by the time their label is due (for default rewards)."""
         return f"{self.prefix}awaiting"
+
+    @property
+    def decisions(self) -> str:
+        """The decision log: each joined decision, appended at the learner's commit."""
+        return f"{self.prefix}decisions"
 
     def decision(self, query_id: str) -> str:
         return f"{self.prefix}decision:{query_id}"

@@ -1,0 +1,70 @@
+"""``metallm export``: the service's decision log as the long import format (JSON lines)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from workers.cli.options import add_redis_options, service_settings
+
+
+def register(sub: Any) -> None:
+    ex = sub.add_parser(
+        "export",
+        help="write the service's decision log as JSON lines that train and evaluate read",
+        description="Read the decision log the learner keeps in Redis ({prefix}decisions: each "
+        "decision joined with its label or reward) and write one JSON line per decision in the "
+        "long import format: id, text, arm (the chosen one), correct or score, cost_usd, label, "
+        "answer, and the logged bandit feedback prob, pmf, p, model_version, time, reward. "
+        "`metallm train --data FILE` learns from it importance-weighted by prob.",
+    )
+    add_redis_options(ex)
+    ex.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only decisions made at TIME or later: unix seconds, an ISO time (UTC unless it "
+        "names its zone) or a span back from now such as 90m, 24h, 7d (default: all kept)",
+    )
+    ex.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    ex.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from workers.service.decision_log import parse_since
+    from workers.service.reconnect import check_reachable
+
+    s = service_settings(args, env)
+    since = parse_since(args.since) if args.since else None
+    check_reachable(s.redis_url)
+    if args.out:
+        with args.out.open("w", encoding="utf-8") as out:
+            n = asyncio.run(export_log(s.redis_url, s.prefix, out, since))
+        print(f"exported {n} decisions from {s.prefix}decisions to {args.out}", file=sys.stderr)
+    else:
+        n = asyncio.run(export_log(s.redis_url, s.prefix, sys.stdout, since))
+        print(f"exported {n} decisions from {s.prefix}decisions", file=sys.stderr)
+    return 0
+
+
+async def export_log(redis_url: str, prefix: str, out: IO[str], since: float | None) -> int:
+    """Write the log's decisions made at ``since`` (unix seconds) or later to ``out`` as JSON
+    lines; returns how many."""
+    import redis.asyncio as aioredis
+
+    from workers.service.decision_log import export_row, read_log
+    from workers.service.settings import Keys
+
+    r = aioredis.from_url(redis_url)
+    n = 0
+    try:
+        async for fields in read_log(r, Keys(prefix), since):
+            out.write(json.dumps(export_row(fields), ensure_ascii=False) + "\n")
+            n += 1
+    finally:
+        await r.aclose()
+    return n
