@@ -48,10 +48,11 @@ def register(sub: Any) -> None:
     demo.add_argument("--limit", type=int, help="stream only this many test queries")
     demo.add_argument(
         "--split",
-        choices=("test", "all"),
+        choices=("test", "all", "train"),
         default="test",
         help="test: stream the test split after a warm start on the train split (default); "
-        "all: stream every query of the data set in a seeded order, from an untrained policy",
+        "all: stream every query of the data set in a seeded order, from an untrained policy; "
+        "train: the train and validation splits, from an untrained policy (test stays unseen)",
     )
     demo.add_argument(
         "--budget-usd-per-10k",
@@ -73,6 +74,8 @@ def register(sub: Any) -> None:
         help="start from an untrained policy (default: warm start on train)",
     )
     demo.add_argument("--json", type=Path, help="also write the table as JSON to this file")
+    demo.add_argument("--export", type=Path, metavar="FILE", help="also write the decision log "
+                      "as JSON lines (as metallm export) before the demo's Redis goes away")  # fmt: skip
     demo.add_argument("--p", type=float, default=0.05,
                       help="weight of cost against accuracy in the decision (default 0.05)")  # fmt: skip
     demo.add_argument(
@@ -187,7 +190,7 @@ def cmd_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     opts = DemoOptions(limit=args.limit, label_delay_s=args.label_delay_s, warm_start=not args.cold,
                        rate_qps=rate, bad_queries=args.bad_queries,
                        llm_error_rate=args.llm_error_rate, metrics_port=args.metrics_port,
-                       split=args.split)  # fmt: skip
+                       split=args.split, export=str(args.export or ""))  # fmt: skip
     report = run_demo(ds, cfg, settings, opts)
     print_demo_report(report, sys.stdout)
     if args.json:

@@ -44,7 +44,7 @@ from workers.service.settings import Keys, ServiceSettings
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 2.0
-SPLITS = ("test", "all")
+SPLITS = ("test", "all", "train")
 # The realised spend is also reported after this share of the stream, when the controller
 # has had time to move p from its start (the issue's measure of spend error).
 SETTLE_SHARE = 0.1
@@ -57,7 +57,10 @@ class DemoOptions:
     server fails with HTTP 503 (retries, provider errors and fallbacks then show);
     ``split``: ``test`` streams the test split (warm start on the train split), ``all`` every
     query of the data set in an order seeded by ``seed`` (no warm start: nothing is left to
-    train on that the stream does not hold)."""
+    train on that the stream does not hold), ``train`` the train and validation splits in a
+    seeded order from an untrained policy (the test split stays unseen, to evaluate what is
+    trained from the run's decision log); ``export``: write the decision log there (JSON lines,
+    ``metallm export``'s format) before the run's Redis goes away ("": don't)."""
 
     limit: int | None = None  # test queries to stream (None: the whole test split)
     label_delay_s: float = 1.0
@@ -69,6 +72,7 @@ class DemoOptions:
     llm_error_rate: float = 0.0
     metrics_port: int = 0
     split: str = "test"
+    export: str = ""
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -136,6 +140,8 @@ def run_demo(
     split = make_split(ds, opts.seed)
     if opts.split == "all":
         rows = np.random.default_rng(opts.seed).permutation(len(ds))
+    elif opts.split == "train":
+        rows = np.random.default_rng(opts.seed).permutation(np.concatenate([split.train, split.val]))
     else:
         rows = split.test
     rows = rows if opts.limit is None else rows[: opts.limit]
@@ -148,8 +154,9 @@ def run_demo(
         replay = ReplayServer(ReplayBook(ds, config), faults).start()
         try:
             policy = None
-            if opts.warm_start and opts.split == "all":
-                print(f"split all: streaming every query of {ds.name}; no warm start", file=out)
+            if opts.warm_start and opts.split != "test":
+                print(f"split {opts.split}: streaming {len(rows)} queries of {ds.name}; no warm "
+                      "start", file=out)  # fmt: skip
             elif opts.warm_start:
                 print(
                     f"warm start: training on the {len(split.train)} train queries of {ds.name} …",
@@ -167,9 +174,20 @@ def run_demo(
                               roles=("learner",), initial_policy=policy)  # fmt: skip
             router = Service(replace(settings, metrics_port=port), config, roles=("router",),
                              initial_policy=policy, env={"METALLM_REPLAY_URL": replay.url})  # fmt: skip
-            return asyncio.run(_drive(router, learner, ds, rows, opts, out))
+            report = asyncio.run(_drive(router, learner, ds, rows, opts, out))
+            if opts.export:
+                _export(settings, Path(opts.export), out)
+            return report
         finally:
             replay.stop()
+
+
+def _export(settings: ServiceSettings, path: Path, out: TextIO) -> None:
+    from workers.cli.export import export_log
+
+    with path.open("w", encoding="utf-8") as f:
+        n = asyncio.run(export_log(settings.redis_url, settings.prefix, f, None))
+    print(f"exported {n} decisions from the decision log to {path}", file=out)
 
 
 async def _drive(
