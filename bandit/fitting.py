@@ -52,7 +52,7 @@ class Fitted:
 def fit(
     ds: Dataset,
     vectors: np.ndarray,
-    split: Split,
+    split: Split | None,
     config: RoutingConfig,
     *,
     tune_settings: bool = True,
@@ -63,6 +63,8 @@ def fit(
     module docstring. ``passes``: passes over a log (off-policy only)."""
     if ds.logged_prob is not None:
         return _fit_logged(ds, vectors, config, seed, passes)
+    if split is None:
+        raise ConfigError(f"{ds.name}: full-information training needs a train/validation split")
     if ds.observed is not None and not ds.observed.all():
         tune_settings = False  # tune() learns every cell: only complete data can be tuned
     ex = Experiment(ds, vectors, split, config)

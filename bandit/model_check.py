@@ -24,7 +24,12 @@ DECISION_SETTINGS = ("p", "epsilon", "explorer", "explorer_param", "online_learn
 
 
 def fit_to_config(
-    policy: Policy, config: RoutingConfig, dim: int, *, migrate: bool = False, source: str = "snapshot"
+    policy: Policy,
+    config: RoutingConfig,
+    dim: int,
+    *,
+    migrate: bool = False,
+    source: str = "snapshot",
 ) -> tuple[Policy, list[str]]:
     """The policy to route with and the changes made, one line each (to log). Raises
     PolicyError, naming ``source`` and the difference, when it cannot route under ``config``."""

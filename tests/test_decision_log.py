@@ -14,18 +14,16 @@ import pytest
 import redis.asyncio as aioredis
 
 import bandit
-
 from bandit.config import RoutingConfig
 from bandit.datasets import Dataset
 from bandit.errors import ConfigError
+from tests.test_service import run_with_service, settings, wait_for
 from workers.cli import main
 from workers.cli.export import export_log
 from workers.harness.replay_server import ReplayServer
 from workers.service.app import Service
 from workers.service.decision_log import DecisionLog, parse_since, read_log
 from workers.service.settings import Keys, ServiceSettings
-
-from tests.test_service import run_with_service, settings, wait_for
 
 ARMS = ("a", "b")
 
@@ -124,7 +122,7 @@ def test_since_takes_unix_seconds_iso_times_and_spans(value: str, expected: floa
 
 
 def test_a_bad_since_names_the_forms_it_takes() -> None:
-    with pytest.raises(ConfigError, match="'yesterday' is not a time.*24h"):
+    with pytest.raises(ConfigError, match=r"'yesterday' is not a time.*24h"):
         parse_since("yesterday")
 
 
@@ -181,4 +179,3 @@ def _train_on(path: Path, cfg: RoutingConfig, tmp_path: Path) -> None:
     assert policy.arm_names == cfg.arms.names
     assert policy.version == len(path.read_text().splitlines())
     assert np.isfinite(policy.costs).all()
-

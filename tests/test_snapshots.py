@@ -53,11 +53,11 @@ def test_a_snapshot_of_another_dimension_or_mode_is_refused(
 ) -> None:
     _, cfg = overruling
     small = Policy(cfg.policy, cfg.arms.names, cfg.arms.normalised_costs(), 16)
-    with pytest.raises(PolicyError, match="16-dimensional embeddings.*384"):
+    with pytest.raises(PolicyError, match=r"16-dimensional embeddings.*384"):
         fit_to_config(small, cfg, EMBEDDING_DIM)
     paper = Policy(cfg.policy.replace(mode="paper", loss="squared"), cfg.arms.names,
                    cfg.arms.normalised_costs(), EMBEDDING_DIM)  # fmt: skip
-    with pytest.raises(PolicyError, match="'paper' mode.*'decoupled'"):
+    with pytest.raises(PolicyError, match=r"'paper' mode.*'decoupled'"):
         fit_to_config(paper, cfg, EMBEDDING_DIM)
 
 

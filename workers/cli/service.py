@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from bandit.errors import MetalLMError
-
 from workers.cli.options import (
     CACHE_DIR_HELP,
     add_config_source,
@@ -117,7 +116,6 @@ def _add_worker_options(p: argparse.ArgumentParser, roles: tuple[str, ...]) -> N
 
 def cmd_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from workers.service.app import Service, run_service
-
     from workers.service.model_start import load_model
 
     cfg = routing_config(args, env)

@@ -47,8 +47,9 @@ def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     cfg = routing_config(args, env)
     ds = dataset(args, env)
     vectors = embed(ds, cfg)
+    # A log has one arm per query: no row can be scored on every arm, so nothing to split.
     split = make_split(ds, args.seed) if ds.logged_prob is None else None
-    fitted = fit(ds, vectors, split, cfg, tune_settings=not args.no_tune, seed=args.seed,  # type: ignore[arg-type]
+    fitted = fit(ds, vectors, split, cfg, tune_settings=not args.no_tune, seed=args.seed,
                  passes=args.passes)  # fmt: skip
     data = fitted.policy.to_bytes()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     how = "tuned on validation" if fitted.tuned else "the config's"
     print(f"settings ({how}): " + ", ".join(f"{k} {v}" for k, v in fitted.settings.items()))
     if fitted.figures:
-        where = "on the log" if ds.logged_prob is not None else f"on validation ({len(split.val)} queries)"  # type: ignore[union-attr]
+        where = f"on validation ({len(split.val)} queries)" if split else "on the log"
         print(f"{where}:{'':>4}{'accuracy':>10} {'USD/10k':>9}")
         for label, (acc, cost) in fitted.figures.items():
             print(f"  {label:<56} {acc:>8.2%} {cost:>9.3f}")

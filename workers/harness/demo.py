@@ -141,7 +141,9 @@ def run_demo(
     if opts.split == "all":
         rows = np.random.default_rng(opts.seed).permutation(len(ds))
     elif opts.split == "train":
-        rows = np.random.default_rng(opts.seed).permutation(np.concatenate([split.train, split.val]))
+        rows = np.random.default_rng(opts.seed).permutation(
+            np.concatenate([split.train, split.val])
+        )
     else:
         rows = split.test
     rows = rows if opts.limit is None else rows[: opts.limit]

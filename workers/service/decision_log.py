@@ -147,7 +147,7 @@ async def read_log(
         batch: Any = await r.xrange(keys.decisions, min=start, count=EXPORT_BATCH)
         if not batch:
             return
-        for eid, raw in batch:
+        for _, raw in batch:
             fields = {text(k): text(v) for k, v in raw.items()}
             if since is None or float(fields.get("time") or 0) >= since:
                 yield fields

@@ -197,7 +197,9 @@ class ServiceSettings:
             if not 1 <= value <= most:
                 raise ConfigError(f"{name} = {value} must be between 1 and {most}")
         if self.decision_log_maxlen < 0:
-            raise ConfigError(f"decision_log_maxlen = {self.decision_log_maxlen} must be ≥ 0 (0 = no log)")
+            raise ConfigError(
+                f"decision_log_maxlen = {self.decision_log_maxlen} must be ≥ 0 (0 = no log)"
+            )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
 
