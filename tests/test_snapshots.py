@@ -3,8 +3,10 @@ starts from it (--model, --migrate-arms), and off-policy training on a logged po
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from bandit.model_check import fit_to_config
 from bandit.policy import Policy, PolicyConfig
 from bandit.training import TrainingData, train_logged
 from workers.cli import main
+from workers.service.app import Service
+from workers.service.settings import ServiceSettings
 
 
 def _with_arms(cfg: RoutingConfig, drop: str, add: str | None = None) -> RoutingConfig:
@@ -119,3 +123,52 @@ def test_off_policy_training_learns_the_right_arm_from_a_biased_log() -> None:
     assert (chosen == np.where(fresh[:, 0] > 0, 0, 1)).mean() > 0.9
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         train_logged(policy, data, observed, np.zeros((n, 2)))
+
+
+def test_a_worker_says_which_model_it_starts_from(
+    redis_url: str, prefix: str, overruling: tuple[Dataset, RoutingConfig],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Cold: a warning saying how to start warm. --model: that snapshot. Once the deployment
+    has a snapshot at least as new, that one (and a warning that --model is not used)."""
+    _, cfg = overruling
+    s = ServiceSettings(redis_url=redis_url, prefix=prefix)
+    trained = _policy_for(cfg)
+    trained.updates = 5
+
+    def start(given: Policy | None) -> int:
+        svc = Service(
+            s, cfg, roles=("learner",), initial_policy=given, initial_name="--model x.bin"
+        )
+
+        async def run() -> int:
+            await svc.start()
+            version = svc.learner.policy.version if svc.learner else -1
+            await svc.close()
+            return version
+
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="workers.service.model_start"):
+            return asyncio.run(run())
+
+    other = ServiceSettings(redis_url=redis_url, prefix=prefix + "cold:")
+    svc = Service(other, cfg, roles=("learner",))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="workers.service.model_start"):
+        asyncio.run(_start_and_close(svc))
+    (cold,) = caplog.records
+    assert cold.levelno == logging.WARNING
+    assert "cold (model version 0" in cold.getMessage() and "--model" in cold.getMessage()
+
+    assert start(trained) == 5  # publishes version 5 to the deployment
+    assert "from --model x.bin, model version 5" in caplog.text
+    assert start(trained) == 5  # the deployment's version 5 is at least as new
+    (warned,) = caplog.records
+    assert warned.levelno == logging.WARNING and "which is not used" in warned.getMessage()
+    trained.updates = 9
+    assert start(trained) == 9  # a newer --model wins
+
+
+async def _start_and_close(svc: Service) -> None:
+    await svc.start()
+    await svc.close()

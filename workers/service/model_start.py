@@ -49,11 +49,15 @@ def starting_policy(
 ) -> Policy:
     """The policy a worker starts from, logged: ``deployed`` (the deployment's newest
     snapshot), ``given`` (``--model``, named ``given_name``) or ``fresh`` (cold)."""
-    if deployed is not None and (given is None or deployed.version >= given.version):
-        also = (f"; it is at least as new as {given_name} (version {given.version}), which is "
-                "not used" if given is not None else "")  # fmt: skip
-        log.info("starting %s from the deployment's snapshot, model version %d%s", roles,
-                 deployed.version, also)  # fmt: skip
+    if deployed is not None and given is not None and deployed.version >= given.version:
+        # a warning: the model the operator named is not the one that routes
+        log.warning("starting %s from the deployment's snapshot, model version %d: it is at "
+                    "least as new as %s (version %d), which is not used", roles,
+                    deployed.version, given_name, given.version)  # fmt: skip
+        return deployed
+    if deployed is not None and given is None:
+        log.info("starting %s from the deployment's snapshot, model version %d", roles,
+                 deployed.version)  # fmt: skip
         return deployed
     if given is not None:
         log.info("starting %s from %s, model version %d", roles, given_name, given.version)
