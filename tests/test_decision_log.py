@@ -19,10 +19,9 @@ from bandit.datasets import Dataset
 from bandit.errors import ConfigError
 from tests.test_service import run_with_service, settings, wait_for
 from workers.cli import main
-from workers.cli.export import export_log
 from workers.harness.replay_server import ReplayServer
 from workers.service.app import Service
-from workers.service.decision_log import DecisionLog, parse_since, read_log
+from workers.service.decision_log import DecisionLog, export_log, parse_since, read_log
 from workers.service.settings import Keys, ServiceSettings
 
 ARMS = ("a", "b")

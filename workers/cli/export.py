@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from workers.cli.options import add_redis_options, service_settings
 
@@ -35,7 +34,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from workers.service.decision_log import parse_since
+    from workers.service.decision_log import export_log, parse_since
     from workers.service.reconnect import check_reachable
 
     s = service_settings(args, env)
@@ -49,22 +48,3 @@ def cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         n = asyncio.run(export_log(s.redis_url, s.prefix, sys.stdout, since))
         print(f"exported {n} decisions from {s.prefix}decisions", file=sys.stderr)
     return 0
-
-
-async def export_log(redis_url: str, prefix: str, out: IO[str], since: float | None) -> int:
-    """Write the log's decisions made at ``since`` (unix seconds) or later to ``out`` as JSON
-    lines; returns how many."""
-    import redis.asyncio as aioredis
-
-    from workers.service.decision_log import export_row, read_log
-    from workers.service.settings import Keys
-
-    r = aioredis.from_url(redis_url)
-    n = 0
-    try:
-        async for fields in read_log(r, Keys(prefix), since):
-            out.write(json.dumps(export_row(fields), ensure_ascii=False) + "\n")
-            n += 1
-    finally:
-        await r.aclose()
-    return n

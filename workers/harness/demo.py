@@ -185,7 +185,7 @@ def run_demo(
 
 
 def _export(settings: ServiceSettings, path: Path, out: TextIO) -> None:
-    from workers.cli.export import export_log
+    from workers.service.decision_log import export_log
 
     with path.open("w", encoding="utf-8") as f:
         n = asyncio.run(export_log(settings.redis_url, settings.prefix, f, None))

@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import redis.asyncio as aioredis
 
@@ -178,3 +178,17 @@ def export_row(fields: dict[str, str]) -> dict[str, Any]:
     if "features" in fields:
         row["features"] = fields["features"]
     return row
+
+
+async def export_log(redis_url: str, prefix: str, out: IO[str], since: float | None) -> int:
+    """Write the log's decisions made at ``since`` (unix seconds) or later to ``out`` as JSON
+    lines (``export_row``); returns how many."""
+    r = aioredis.from_url(redis_url)
+    n = 0
+    try:
+        async for fields in read_log(r, Keys(prefix), since):
+            out.write(json.dumps(export_row(fields), ensure_ascii=False) + "\n")
+            n += 1
+    finally:
+        await r.aclose()
+    return n
