@@ -4,6 +4,7 @@ exported with --since as the long import format, and trained on (off-policy)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import time
@@ -21,7 +22,13 @@ from tests.test_service import run_with_service, settings, wait_for
 from workers.cli import main
 from workers.harness.replay_server import ReplayServer
 from workers.service.app import Service
-from workers.service.decision_log import DecisionLog, export_log, parse_since, read_log
+from workers.service.decision_log import (
+    DecisionLog,
+    export_log,
+    parse_since,
+    read_log,
+    record_text,
+)
 from workers.service.settings import Keys, ServiceSettings
 
 ARMS = ("a", "b")
@@ -108,6 +115,24 @@ def test_export_since_keeps_the_decisions_made_then_or_later(
     assert second["text"] == "query 1" and second["model_version"] == 7
     assert second["reward"] == pytest.approx(1 - 0.1 * 0.5)
     assert second["time"] == pytest.approx(now - 3600)
+
+
+def test_features_only_keeps_no_text(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    """decision_log_texts = false: routers store no text, the log the context line instead."""
+    s = ServiceSettings(redis_url=redis_url, prefix=prefix, decision_log_texts=False)
+    assert record_text(s, "a query") == {}
+    assert record_text(dataclasses.replace(s, decision_log_texts=True), "q") == {"text": "q"}
+    assert (
+        record_text(dataclasses.replace(s, decision_log_maxlen=0, decision_log_texts=True), "q")
+        == {}
+    )
+    record = _record(0, time.time())
+    del record["text"]
+    asyncio.run(_write(redis_url, DecisionLog(s, Keys(prefix)), [record]))
+    out = tmp_path / "log.jsonl"
+    assert main(["export", "--redis-url", redis_url, "--prefix", prefix, "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["text"] == "" and row["features"] == "|x 0:1"
 
 
 @pytest.mark.parametrize(

@@ -173,9 +173,11 @@ def run_demo(
             # they run in production (one Prometheus job each).
             port = opts.metrics_port
             learner = Service(replace(settings, metrics_port=port + 1 if port else 0), config,
-                              roles=("learner",), initial_policy=policy)  # fmt: skip
+                              roles=("learner",), initial_policy=policy,
+                              initial_name="the warm start on the train split")  # fmt: skip
             router = Service(replace(settings, metrics_port=port), config, roles=("router",),
-                             initial_policy=policy, env={"METALLM_REPLAY_URL": replay.url})  # fmt: skip
+                             initial_policy=policy, initial_name="the warm start on the train split",
+                             env={"METALLM_REPLAY_URL": replay.url})  # fmt: skip
             report = asyncio.run(_drive(router, learner, ds, rows, opts, out))
             if opts.export:
                 _export(settings, Path(opts.export), out)
