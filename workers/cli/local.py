@@ -74,6 +74,8 @@ def register(sub: Any) -> None:
         help="start from an untrained policy (default: warm start on train)",
     )
     demo.add_argument("--json", type=Path, help="also write the table as JSON to this file")
+    demo.add_argument("--rounds", type=int, default=1, help="stream the queries this many times "
+                      "(later rounds' ids get a #k suffix; default 1)")  # fmt: skip
     demo.add_argument("--export", type=Path, metavar="FILE", help="also write the decision log "
                       "as JSON lines (as metallm export) before the demo's Redis goes away")  # fmt: skip
     demo.add_argument("--p", type=float, default=0.05,
@@ -190,7 +192,8 @@ def cmd_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     opts = DemoOptions(limit=args.limit, label_delay_s=args.label_delay_s, warm_start=not args.cold,
                        rate_qps=rate, bad_queries=args.bad_queries,
                        llm_error_rate=args.llm_error_rate, metrics_port=args.metrics_port,
-                       split=args.split, export=str(args.export or ""))  # fmt: skip
+                       split=args.split, export=str(args.export or ""),
+                       rounds=args.rounds)  # fmt: skip
     report = run_demo(ds, cfg, settings, opts)
     print_demo_report(report, sys.stdout)
     if args.json:

@@ -66,6 +66,8 @@ def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             print(f"  {label:<56} {acc:>8.2%} {cost:>9.3f}")
     if fitted.val_aiq is not None:
         print(f"  router AIQ on validation: {fitted.val_aiq:.4f}")
+    if fitted.val_log_loss is not None:
+        print(f"  importance-weighted log loss, 5-fold cross-validated: {fitted.val_log_loss:.4f}")
     print(f"wrote {args.out} (model version {pol.version}, {len(data):,} bytes); start from it "
           f"with: metallm serve --config FILE --model {args.out}")  # fmt: skip
     return 0

@@ -60,7 +60,8 @@ class DemoOptions:
     train on that the stream does not hold), ``train`` the train and validation splits in a
     seeded order from an untrained policy (the test split stays unseen, to evaluate what is
     trained from the run's decision log); ``export``: write the decision log there (JSON lines,
-    ``metallm export``'s format) before the run's Redis goes away ("": don't)."""
+    ``metallm export``'s format) before the run's Redis goes away ("": don't); ``rounds``:
+    passes over the rows (days of traffic, for a larger log), ids ``ID#k`` after the first."""
 
     limit: int | None = None  # test queries to stream (None: the whole test split)
     label_delay_s: float = 1.0
@@ -73,10 +74,13 @@ class DemoOptions:
     metrics_port: int = 0
     split: str = "test"
     export: str = ""
+    rounds: int = 1  # passes over the rows; later rounds' ids get a "#round" suffix
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise MetalLMError(f"split = {self.split!r} is not one of: {', '.join(SPLITS)}")
+        if self.rounds < 1:
+            raise MetalLMError(f"rounds = {self.rounds} must be ≥ 1")
         if not 0 <= self.llm_error_rate <= 1:
             raise MetalLMError(f"LLM error rate = {self.llm_error_rate} must be in [0, 1]")
         if not 0 <= self.metrics_port <= 65534:
@@ -87,7 +91,7 @@ class DemoOptions:
         self.producer()  # checks the rate and the bad queries
 
     def producer(self) -> ProducerOptions:
-        return ProducerOptions(self.rate_qps, self.label_delay_s, 1, self.bad_queries)
+        return ProducerOptions(self.rate_qps, self.label_delay_s, self.rounds, self.bad_queries)
 
 
 def free_port() -> int:
@@ -215,8 +219,8 @@ async def _drive(
     learner = learner_svc.learner
     assert learner is not None
     serving = [asyncio.create_task(svc.run(stop)) for svc in (learner_svc, router)]
-    by_id = {str(ds.ids[i]): int(i) for i in rows}
-    n = len(rows)
+    by_id = {f"{ds.ids[i]}{f'#{k}' if k else ''}": int(i) for k in range(opts.rounds) for i in rows}
+    n = len(by_id)
     print(f"streaming {n} {ds.name} queries through {redacted(router.settings.redis_url)} (prefix {keys.prefix})",
           file=out)  # fmt: skip
     if opts.metrics_port:
