@@ -73,11 +73,14 @@ def fit(
     tune_settings: bool = True,
     seed: int = 0,
     passes: int = 1,
+    max_weight: float | None = None,
 ) -> Fitted:
     """Train on ``ds`` (rows × its arms; embeddings ``vectors``, shape (n, dim)); see the
-    module docstring. ``passes``: passes over a log (off-policy only)."""
+    module docstring. ``split``: train and validation rows (None for a log, which is not
+    split). Off-policy only: ``passes`` over the log when not tuned, and ``max_weight``, the
+    largest importance weight 1 / prob a logged row gets (None: no cap; 1: unweighted)."""
     if ds.logged_prob is not None:
-        return _fit_logged(ds, vectors, config, seed, passes, tune_settings)
+        return _fit_logged(ds, vectors, config, seed, passes, tune_settings, max_weight)
     if split is None:
         raise ConfigError(f"{ds.name}: full-information training needs a train/validation split")
     if ds.observed is not None and not ds.observed.all():
@@ -125,6 +128,7 @@ def _fit_logged(
     seed: int,
     passes: int,
     tune_settings: bool,
+    max_weight: float | None,
 ) -> Fitted:
     names = config.arms.names
     if set(names) != set(ds.arms):
@@ -142,7 +146,8 @@ def _fit_logged(
     log = _Log(
         TrainingData(builder.shared_batch(vectors[rows], list(ds.texts[rows])),
                      ds.correct[rows][:, cols], reward_cost, usd),
-        observed, np.where(observed, ds.logged_prob[rows][:, cols], 1.0), base.p,
+        observed, np.where(observed, np.maximum(ds.logged_prob[rows][:, cols], 1 / (max_weight or np.inf)), 1.0),
+        base.p,
     )  # fmt: skip
     new = lambda lr: Policy(base.replace(learning_rate=lr), names, costs, vectors.shape[1])  # noqa: E731
     lr, n_pass, tuned = base.learning_rate, passes, False
@@ -160,7 +165,8 @@ def _fit_logged(
                 best, lr, n_pass, tuned = -float(np.mean(losses)), rate, k, True
     policy = new(lr)
     updates = log.train(policy, np.arange(len(rows)), seed, n_pass)
-    settings = {**_settings(policy.config), "passes over the log": n_pass}
+    settings = {**_settings(policy.config), "passes over the log": n_pass,
+                "largest importance weight": max_weight or "no cap"}  # fmt: skip
     out = Fitted(policy, "logged (off-policy)", len(rows), updates, settings, tuned)
     arm = log.arm
     out.figures["logging policy (as logged)"] = (

@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
                     help="use the config's [policy] settings as they are (no search on validation)")  # fmt: skip
     tr.add_argument("--passes", type=int, default=1,
                     help="with a logged file: passes over the log (default 1, as the service learned it)")  # fmt: skip
+    tr.add_argument("--max-weight", type=float, metavar="W", help="with a logged file: cap each "
+                    "row's importance weight 1 / prob at W (1 = unweighted; default: no cap)")  # fmt: skip
     tr.set_defaults(handler=cmd_train)
 
 
@@ -42,15 +44,15 @@ def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from bandit.datasets import make_split
     from bandit.fitting import fit
 
-    if args.passes < 1:
-        raise MetalLMError(f"--passes {args.passes} must be ≥ 1")
+    if args.passes < 1 or (args.max_weight is not None and not args.max_weight >= 1):
+        raise MetalLMError(f"--passes {args.passes} and --max-weight {args.max_weight} must be ≥ 1")
     cfg = routing_config(args, env)
     ds = dataset(args, env)
     vectors = embed(ds, cfg)
     # A log has one arm per query: no row can be scored on every arm, so nothing to split.
     split = make_split(ds, args.seed) if ds.logged_prob is None else None
     fitted = fit(ds, vectors, split, cfg, tune_settings=not args.no_tune, seed=args.seed,
-                 passes=args.passes)  # fmt: skip
+                 passes=args.passes, max_weight=args.max_weight)  # fmt: skip
     data = fitted.policy.to_bytes()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(data)
