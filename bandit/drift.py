@@ -40,7 +40,7 @@ DEFAULT_ADWIN_DELTA = 0.002  # ADWIN's confidence (river's default): smaller = f
 DEFAULT_PH_DELTA = 0.05  # Page-Hinkley's tolerated change of the residual mean
 DEFAULT_PH_THRESHOLD = 10.0  # Page-Hinkley's λ, in residual units summed over labels
 DEFAULT_MIN_LABELS = 30  # an arm's labels since its detector started before it may fire
-DEFAULT_BOOST_SHARE = 0.05  # the drifted arm's least probability while boosted
+DEFAULT_BOOST_SHARE = 0.02  # the drifted arm's least probability while boosted
 DEFAULT_BOOST_LABELS = 100  # the boost lasts this many labels of the drifted arm
 # Residuals kept per arm, newest last: what the state carries across a learner restart
 # (replayed into a fresh detector) and what "before" and "after" means are taken over.
