@@ -199,7 +199,7 @@ class DriftDetectors:
         its label count since its detector started, its boost left and detections."""
         return {
             a: {
-                "residuals": [round(x, 4) for x in s.residuals],
+                "residuals": np.round(np.fromiter(s.residuals, np.float64), 4).tolist(),
                 "labels": s.labels,
                 "boost_left": s.boost_left,
                 "detections": s.detections,

@@ -146,7 +146,7 @@ def test_the_learner_logs_counts_and_calls_back_when_an_arm_turns_wrong(
         metrics = Metrics(registry)
         metrics.init_learner(CFG.arms.names)
         config = replace(CFG.drift, boost_labels=1000)  # still boosted at the end
-        watch = DriftWatch(config, metrics, ar, prefix, drifted.append)
+        watch = DriftWatch(config, metrics, ar, prefix, drifted.append, state_every_s=0)
         learner = Learner(settings, fresh_policy(CFG), ar, metrics, drift=watch)
         stop = asyncio.Event()
         stop.set()

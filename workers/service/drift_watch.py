@@ -10,14 +10,17 @@ that raises the arm's exploration share). Default rewards are not labels and are
 observed.
 
 The detectors' state (``DriftDetectors.to_state``: each arm's newest residuals, JSON, under
-``{prefix}drift:state``) is committed in the learner's commit transaction, like the
-off-policy estimates, so a restarted learner carries on from its last commit.
+``{prefix}drift:state``) goes into the learner's commit transaction, like the off-policy
+estimates, but at most every ``STATE_EVERY_S`` seconds: it is ~60 kB for 12 arms and takes a
+few ms to write, and a residual more or less in a detector's history changes nothing that
+must be exact. A restarted learner replays it into fresh detectors and carries on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +30,7 @@ from bandit.drift import DriftConfig, DriftDetectors
 from workers.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+STATE_EVERY_S = 5.0  # the least time between two commits of the detectors' state
 
 
 def drift_state_key(prefix: str) -> str:
@@ -59,16 +63,20 @@ DRIFT_OFF = DriftHooks()
 
 class DriftWatch(DriftHooks):
     """Per-arm detectors of one learner (see the module doc). ``on_drift(arm)`` is called
-    once per detection, after the warning and the metrics; it must not block."""
+    once per detection, after the warning and the metrics; it must not block.
+    ``state_every_s``: the least time between two commits of the state."""
 
     def __init__(self, config: DriftConfig, metrics: Metrics, redis: aioredis.Redis, prefix: str,
-                 on_drift: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 on_drift: Callable[[str], None] | None = None,
+                 state_every_s: float = STATE_EVERY_S) -> None:  # fmt: skip
         self.config, self.m, self.r = config, metrics, redis
         self.key = drift_state_key(prefix)
         self.on_drift = on_drift
         self.detectors = DriftDetectors(config)
         self._restored = False
         self._boosted: set[str] = set()  # arms whose boost gauge is 1
+        self.state_every_s = state_every_s
+        self._state_at = float("-inf")  # monotonic time the state was last queued
 
     async def ensure_restored(self) -> None:
         if self._restored:
@@ -98,4 +106,6 @@ class DriftWatch(DriftHooks):
             self.m.drift_boost.labels(arm).set(0)
 
     def queue_commit(self, pipe: Any) -> None:
-        pipe.set(self.key, json.dumps(self.detectors.to_state()))
+        if time.monotonic() - self._state_at >= self.state_every_s:
+            self._state_at = time.monotonic()
+            pipe.set(self.key, json.dumps(self.detectors.to_state()))
