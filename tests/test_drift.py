@@ -176,6 +176,14 @@ def test_the_learner_logs_counts_and_calls_back_when_an_arm_turns_wrong(
     assert r.exists(drift_state_key(prefix))
 
 
+def test_a_record_without_a_usable_prediction_is_left_out() -> None:
+    watch = DriftWatch(DriftConfig(), Metrics(CollectorRegistry()), None, "x:")  # type: ignore[arg-type]
+    watch.observe({"arm": "1", "arm_name": "b", "predicted": "[0.5]"}, 1.0)  # no P̂ for arm 1
+    watch.observe({"arm": "0", "arm_name": "a", "predicted": "not json"}, 1.0)
+    watch.observe({"arm": "0", "arm_name": "a", "predicted": "[0.5]"}, 1.0)
+    assert watch.skipped == 2 and watch.detectors.to_state()["a"]["residuals"] == [0.5]
+
+
 def test_the_drift_alert_parses_and_names_the_arm() -> None:
     (rule,) = [x for x in rules(ROOT / "deploy") if x.get("alert") == "MetallmArmDrift"]
     assert "metallm_arm_drift_total" in rule["expr"] and "by (arm)" in rule["expr"]

@@ -75,6 +75,7 @@ class DriftWatch(DriftHooks):
         self.detectors = DriftDetectors(config)
         self._restored = False
         self._boosted: set[str] = set()  # arms whose boost gauge is 1
+        self.skipped = 0  # labels whose decision record had no usable arm or P̂
         self.state_every_s = state_every_s
         self._state_at = float("-inf")  # monotonic time the state was last queued
 
@@ -91,7 +92,12 @@ class DriftWatch(DriftHooks):
         self._restored = True
 
     def observe(self, record: dict[str, str], correct: float) -> None:
-        arm, observed, predicted = residual_inputs(record, correct)
+        try:
+            arm, observed, predicted = residual_inputs(record, correct)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:  # a record no router wrote
+            self.skipped += 1
+            log.debug("decision record left out of the drift detectors: %r", exc)
+            return
         event = self.detectors.update(arm, observed, predicted)
         if event is not None:
             log.warning("%s: its exploration share is raised to %g for its next %d labels",
