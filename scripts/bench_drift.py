@@ -42,7 +42,8 @@ from bandit.policy import Policy
 ADWIN_DELTAS = (0.5, 0.3, 0.1, 0.02, 2e-3, 1e-4)
 PH_SETTINGS = ((0.0, 3.0), (0.02, 3.0), (0.02, 5.0), (0.05, 5.0), (0.05, 10.0), (0.05, 20.0))
 RECOVERY_WINDOW = 100  # queries in the rolling windows recovery is judged on
-RECOVERY_TOLERANCE = 0.05  # recovered: the drifted arm's greedy share within 5 pp of the reference's
+# Recovered: the drifted arm's greedy share within 5 pp of the reference's.
+RECOVERY_TOLERANCE = 0.05
 
 
 @dataclass
