@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from bandit.policy import Policy
 from bandit.reward import is_correct
 from bandit.reward import reward as reward_of
+from workers.service.drift_watch import DRIFT_OFF, DriftHooks
 from workers.service.evaluation import OPE_OFF, Evaluation
 from workers.service.messages import BadFeedback, Feedback, check_feedback_label, parse_feedback
 from workers.service.metrics import Metrics
@@ -119,8 +120,9 @@ class _Uncommitted:
 
 class Learner:
     def __init__(self, settings: ServiceSettings, policy: Policy, redis: aioredis.Redis,
-                 metrics: Metrics, ope: Evaluation = OPE_OFF) -> None:  # fmt: skip
+                 metrics: Metrics, ope: Evaluation = OPE_OFF, drift: DriftHooks = DRIFT_OFF) -> None:  # fmt: skip
         self.settings, self.policy, self.r, self.m, self.ope = settings, policy, redis, metrics, ope
+        self.drift = drift  # per-arm drift detectors on the labels (workers/service/drift_watch.py)
         self.keys = Keys(settings.prefix)
         self.consumer = settings.consumer or DEFAULT_LEARNER_CONSUMER
         self._since_publish = 0
@@ -263,6 +265,7 @@ class Learner:
                 batch.invalid[k] = ("feedback", f"its decision record cannot be learned: {exc!r}")
                 continue
             self.ope.observe(record, correct)  # labels only: a default reward is no outcome
+            self.drift.observe(record, correct)
             batch.outcomes[k] = "joined"
         todo = self._uncommitted
         todo.markers += batch.mark
@@ -354,6 +357,7 @@ class Learner:
         acknowledgements of everything learned or handled since the last commit. Then the
         snapshot goes to disk (a cache: see ``newest_snapshot``)."""
         await self.ope.ensure_restored()  # never overwrite the committed estimates
+        await self.drift.ensure_restored()
         version, now = self.policy.version, time.time()
         data = self.policy.to_bytes() if model else None
         todo, self._uncommitted = self._uncommitted, _Uncommitted()
@@ -387,6 +391,7 @@ class Learner:
                 pipe.set(k.model_version, self.policy.version)
                 pipe.set(k.model_published, repr(now))
             self.ope.queue_commit(pipe)
+            self.drift.queue_commit(pipe)
             if todo.markers or todo.settled:
                 markers = [k.learned(qid) for qid in todo.markers]
                 # Queued in the transaction (awaiting it sends nothing yet).
