@@ -27,6 +27,7 @@ from bandit.config import RoutingConfig
 from bandit.embedder import EMBEDDING_DIM
 from bandit.policy import Policy
 from bandit.training import TrainingData, train_full_information
+from workers.service.drift_watch import DriftWatch
 from workers.service.embedding import router_embedder
 from workers.service.evaluation import LiveEvaluation, ope_config
 from workers.service.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
@@ -85,6 +86,9 @@ class Service:
     pacer: Pacer | None = None  # the deployment's budget controller, run beside the learner
     health: HealthState = field(default_factory=HealthState)
     http: HealthServer | None = None
+    # Called with an arm's name when the learner detects that arm drifted (after its warning
+    # and metrics): the hook that raises the arm's exploration share.
+    on_drift: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         """Metrics and probes first (unready until a model is held), then Redis and the model.
@@ -131,7 +135,8 @@ class Service:
             learner_policy = policy if online == policy.config else policy.with_config(online)
             ope = LiveEvaluation(ope_config(self.config.arms), self.config.arms.normalised_costs(),
                                  self.redis, s.prefix)  # fmt: skip
-            self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope)
+            drift = DriftWatch(self.config.drift, self.metrics, self.redis, s.prefix, self.on_drift)
+            self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope, drift)
             self.metrics.init_learner(self.config.arms.names)
             await self.learner.publish()
             if self.budget:

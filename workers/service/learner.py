@@ -33,6 +33,7 @@ from bandit.policy import Policy
 from bandit.reward import is_correct
 from bandit.reward import reward as reward_of
 from workers.service.decision_log import LOG_FIELDS, DecisionLog
+from workers.service.drift_watch import DRIFT_OFF, DriftHooks
 from workers.service.evaluation import OPE_OFF, Evaluation
 from workers.service.messages import BadFeedback, Feedback, check_feedback_label, parse_feedback
 from workers.service.metrics import Metrics
@@ -120,8 +121,9 @@ class _Uncommitted:
 
 class Learner:
     def __init__(self, settings: ServiceSettings, policy: Policy, redis: aioredis.Redis,
-                 metrics: Metrics, ope: Evaluation = OPE_OFF) -> None:  # fmt: skip
+                 metrics: Metrics, ope: Evaluation = OPE_OFF, drift: DriftHooks = DRIFT_OFF) -> None:  # fmt: skip
         self.settings, self.policy, self.r, self.m, self.ope = settings, policy, redis, metrics, ope
+        self.drift = drift  # per-arm drift detectors on the labels (workers/service/drift_watch.py)
         self.keys = Keys(settings.prefix)
         self.consumer = settings.consumer or DEFAULT_LEARNER_CONSUMER
         self._since_publish = 0
@@ -267,6 +269,7 @@ class Learner:
                 continue
             self.ope.observe(record, correct)  # labels only: a default reward is no outcome
             self.decisions.add(record, correct, self.policy.arm_names)
+            self.drift.observe(record, correct)
             batch.outcomes[k] = "joined"
         todo = self._uncommitted
         todo.markers += batch.mark
@@ -358,6 +361,7 @@ class Learner:
         acknowledgements of everything learned or handled since the last commit. Then the
         snapshot goes to disk (a cache: see ``newest_snapshot``)."""
         await self.ope.ensure_restored()  # never overwrite the committed estimates
+        await self.drift.ensure_restored()
         version, now = self.policy.version, time.time()
         data = self.policy.to_bytes() if model else None
         todo, self._uncommitted = self._uncommitted, _Uncommitted()
@@ -393,6 +397,7 @@ class Learner:
                 pipe.set(k.model_published, repr(now))
             self.ope.queue_commit(pipe)
             self.decisions.queue_commit(pipe)
+            self.drift.queue_commit(pipe)
             if todo.markers or todo.settled:
                 markers = [k.learned(qid) for qid in todo.markers]
                 # Queued in the transaction (awaiting it sends nothing yet).
