@@ -126,7 +126,8 @@ class Table:
     _arm: dict[str, int] = field(default_factory=dict)
 
     def query(self, qid: str, text: str, label: str, split: str) -> int:
-        """The row of query ``qid``; a repeated id must repeat its text, label and split."""
+        """The row of query ``qid``. A repeated id must repeat its text; its label and split
+        may be given on any of its rows, but never two different ones."""
         i = self._query.get(qid)
         if i is None:
             i = self._query[qid] = len(self.ids)
@@ -135,12 +136,15 @@ class Table:
             self.labels.append(label)
             self.splits.append(split)
             return i
-        for fname, have, got in (
-            ("text", self.texts[i], text),
-            ("label", self.labels[i], label),
-            ("split", self.splits[i], split),
+        for fname, values, got in (
+            ("text", self.texts, text),
+            ("label", self.labels, label),
+            ("split", self.splits, split),
         ):
-            if have != got:
+            have = values[i]
+            if fname != "text" and (not got or not have):
+                values[i] = have or got
+            elif have != got:
                 raise self.where.error(
                     f"field {fname!r} of id {qid!r} differs from its first row's ({got!r} vs {have!r})"
                 )
@@ -231,7 +235,9 @@ def csv_rows(path: Path, where: Where) -> tuple[list[str], Iterator[dict[str, st
     return header, rows()
 
 
-def read_records(path: str | Path, prompt_column: str | None = None) -> tuple[Dataset, ImportSummary]:
+def read_records(
+    path: str | Path, prompt_column: str | None = None
+) -> tuple[Dataset, ImportSummary]:
     """Read ``path`` in the long or wide format (see the module docstring) and say what was read.
 
     ``prompt_column``: the wide format's query text column when it is not ``text``."""

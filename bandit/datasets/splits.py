@@ -40,7 +40,7 @@ class Split:
 def make_split(ds: Dataset, seed: int = 0) -> Split:
     split = _given_split(ds, seed) if (ds.source_split != "").any() else _seeded_split(ds, seed)
     if ds.observed is not None:
-        split = training_only_incomplete(split, ds.observed.all(1))
+        split = training_only_incomplete(split, np.asarray(ds.observed.all(1)))
     for part, rows in split.sizes().items():
         if rows == 0:
             raise DatasetError(f"{ds.name}: the {part} split is empty ({split.sizes()})")

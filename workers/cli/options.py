@@ -119,7 +119,7 @@ def routing_config(
     else:
         cfg = builtin_config(args.dataset)
     if data and ds is not None and args.config:
-        check_arms(cfg, ds, str(args.config), str(data))
+        check_arms(cfg, ds, str(args.config), Path(data).name)
     cache = cache_dir(args, env)
     embedder = dataclasses.replace(
         cfg.embedder,
