@@ -270,7 +270,7 @@ def read_records(
         )
     ds = table.dataset()
     obs = ds.observed_mask
-    given = sorted(set(ds.source_split.tolist()) - {""})
+    given = [part for part in SPLITS if (ds.source_split == part).any()]
     summary = ImportSummary(
         path=path,
         format=fmt,
