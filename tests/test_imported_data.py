@@ -180,6 +180,10 @@ def test_a_query_missing_an_arm_is_a_training_row_only(tmp_path: Path) -> None:
     ds = load_records(_split_file(tmp_path, parts, missing=9))  # a test row misses 'small'
     split = make_split(ds)
     assert 9 in split.train and 9 not in split.test and split.test.tolist() == [8, 10]
+    # a log of live traffic (one arm per query) has nothing to score against
+    rows = [{**r, "id": f"q{i}", "text": f"t{i}", "prob": 0.5} for i, r in enumerate(LONG * 4)]
+    with pytest.raises(DatasetError, match="the val split is empty .* 12 queries miss some arm"):
+        make_split(load_records(write_jsonl(tmp_path / "log.jsonl", rows)))
 
 
 def test_training_learns_only_recorded_cells(tmp_path: Path) -> None:
@@ -266,5 +270,7 @@ def test_evaluate_data_gives_the_figures_of_evaluate_dataset(
     got_text, got = _evaluate(["--data", str(path), "--config", config], tmp_path, "file")
     assert got["dataset"] == f"overruling-{fmt}" and want["dataset"] == "overruling"
     assert {**got, "dataset": "overruling"} == want
-    assert got_text.splitlines()[1:] == want_text.splitlines()[1:]
+    # every printed line but the name (first) and where the JSON went (last)
+    assert got_text.splitlines()[1:-1] == want_text.splitlines()[1:-1]
+    assert got_text.splitlines()[0].startswith(f"metallm evaluate — overruling-{fmt}: train 180,")
     assert got["split_sizes"] == {"train": 180, "val": 60, "test": 60}

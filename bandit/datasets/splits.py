@@ -39,11 +39,17 @@ class Split:
 
 def make_split(ds: Dataset, seed: int = 0) -> Split:
     split = _given_split(ds, seed) if (ds.source_split != "").any() else _seeded_split(ds, seed)
+    why = ""
     if ds.observed is not None:
-        split = training_only_incomplete(split, np.asarray(ds.observed.all(1)))
+        complete = np.asarray(ds.observed.all(1))
+        split = training_only_incomplete(split, complete)
+        why = (
+            f"; {int((~complete).sum())} of {len(ds)} queries miss some arm and are training "
+            "rows only: validation and test need queries with every arm's outcome"
+        )
     for part, rows in split.sizes().items():
         if rows == 0:
-            raise DatasetError(f"{ds.name}: the {part} split is empty ({split.sizes()})")
+            raise DatasetError(f"{ds.name}: the {part} split is empty ({split.sizes()}){why}")
     return split
 
 
