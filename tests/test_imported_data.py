@@ -3,11 +3,13 @@ missing cells, and `metallm evaluate --data` against `--dataset` on overruling."
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,7 +184,7 @@ def test_a_query_missing_an_arm_is_a_training_row_only(tmp_path: Path) -> None:
     assert 9 in split.train and 9 not in split.test and split.test.tolist() == [8, 10]
     # a log of live traffic (one arm per query) has nothing to score against
     rows = [{**r, "id": f"q{i}", "text": f"t{i}", "prob": 0.5} for i, r in enumerate(LONG * 4)]
-    with pytest.raises(DatasetError, match="the val split is empty .* 12 queries miss some arm"):
+    with pytest.raises(DatasetError, match=r"the val split is empty .* 12 queries miss some arm"):
         make_split(load_records(write_jsonl(tmp_path / "log.jsonl", rows)))
 
 
@@ -243,7 +245,7 @@ def test_evaluate_needs_one_of_dataset_or_data(capsys: pytest.CaptureFixture[str
     assert "one of the arguments --dataset --data is required" in capsys.readouterr().err
 
 
-def _evaluate(args: list[str], tmp_path: Path, name: str) -> tuple[str, dict[str, object]]:
+def _evaluate(args: list[str], tmp_path: Path, name: str) -> tuple[str, dict[str, Any]]:
     out = tmp_path / f"{name}.json"
     proc = subprocess.run(
         [sys.executable, "-m", "workers.cli", "evaluate", *args, "--limit", "300",
@@ -274,3 +276,19 @@ def test_evaluate_data_gives_the_figures_of_evaluate_dataset(
     assert got_text.splitlines()[1:-1] == want_text.splitlines()[1:-1]
     assert got_text.splitlines()[0].startswith(f"metallm evaluate — overruling-{fmt}: train 180,")
     assert got["split_sizes"] == {"train": 180, "val": 60, "test": 60}
+
+    # The same file with gpt-4's outcome blanked on every 10th query: those queries are
+    # training rows only, the rest of the report is made as before.
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows[::10]:
+        row["gpt-4"] = row["gpt-4|total_cost"] = ""
+    holed = tmp_path / "holed.csv"
+    with holed.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _, rep = _evaluate(["--data", str(holed), "--config", config], tmp_path, "holed")
+    sizes = rep["split_sizes"]
+    assert sum(sizes.values()) == 300 and sizes["train"] > 180 and sizes["test"] < 60
+    assert rep["aiq"]["router"] > rep["aiq"]["zero_router"] - 0.05 > 0
