@@ -52,6 +52,8 @@ def test_long_jsonl_missing_cells_logged_prob_and_extra_fields(tmp_path: Path) -
     assert (summary.rows, summary.queries, summary.missing_cells) == (3, 2, 1)
     assert (summary.incomplete_queries, summary.logged_rows) == (1, 1)
     assert summary.ignored_columns == ("note",)  # pmf and model_version are known log fields
+    with pytest.raises(DatasetError, match="a prompt column is for the wide format"):
+        read_records(tmp_path / "mine.jsonl", prompt_column="prompt")
     text = "\n".join(summary.lines())
     assert "missing cells: 1" in text and "ignored columns: 'note'" in text
 

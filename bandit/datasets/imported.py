@@ -268,6 +268,11 @@ def read_records(
             f"{path.name}: unknown file type {path.suffix!r}; use .jsonl/.json (long) or .csv "
             "(long or wide)"
         )
+    if fmt == "long" and prompt_column:
+        raise DatasetError(
+            f"{path.name}: a prompt column is for the wide format; a long file's query is its "
+            "'text' field"
+        )
     ds = table.dataset()
     obs = ds.observed_mask
     given = [part for part in SPLITS if (ds.source_split == part).any()]

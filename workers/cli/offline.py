@@ -24,10 +24,9 @@ def register(sub: Any) -> None:
     ev = sub.add_parser(
         "evaluate",
         help="train, calibrate and evaluate the router on a recorded data set or your own file",
-        description="Embed the data set's queries (a bundled set, or your own --data file) "
-        "(cached on disk), train the Vowpal Wabbit "
-        "policy on the train split, calibrate p on validation and print, for the test split: "
-        "every arm alone, the oracle, a random router, the router at several p and at the "
+        description="Embed the queries of a bundled data set or of your own --data file "
+        "(cached on disk), train the Vowpal Wabbit policy on the train split, calibrate p on "
+        "validation and print, for the test split: every arm alone, the oracle, a random router, the router at several p and at the "
         "budget of each arm (both reward modes), AIQ, and an online replay.",
     )
     add_dataset_options(ev, data_file=True)
