@@ -131,6 +131,11 @@ def test_wide_csv_routerbench_shape_with_an_empty_score_cell(tmp_path: Path) -> 
     assert ds.answers[2].tolist() == ["D", "D"] and ds.cost_usd[2].tolist() == [0.001, 0.0002]
     assert summary.format == "wide" and summary.missing_cells == 1
     assert summary.ignored_columns == ("", "sample_id", "eval_name", "oracle_model_to_route_to")
+    # a query with no recorded outcome at all is dropped, and said
+    path.write_text(WIDE + "3,s4,fourth query,arc,,,,,,,small\n")
+    ds, summary = read_records(path, prompt_column="prompt")
+    assert len(ds) == 3 and summary.empty_queries == 1 and summary.rows == 4
+    assert "dropped 1 queries with no recorded outcome" in "\n".join(summary.lines())
 
 
 def test_wide_csv_bad_cell_names_its_line_after_a_multiline_text(tmp_path: Path) -> None:
