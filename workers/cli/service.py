@@ -102,6 +102,12 @@ def cmd_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from workers.service.app import Service, run_service
 
     cfg = routing_config(args, env)
-    service = Service(service_settings(args, env, cfg), cfg, roles=ROLES[args.command], env=env)
+    service = Service(
+        service_settings(args, env, cfg),
+        cfg,
+        roles=ROLES[args.command],
+        env=env,
+        config_path=args.config,
+    )  # SIGHUP re-reads it
     asyncio.run(run_service(service))
     return 0

@@ -1,5 +1,8 @@
 """Assembling and running the workers: router, learner, or both in one process (serve).
 
+SIGHUP reloads the ``--config`` file: arms added, retired and re-priced are applied
+without a restart (workers/service/reload.py).
+
 Shutdown is in two stages: the first SIGTERM/SIGINT stops reading, lets the batch in
 flight finish and be acknowledged, and saves the model; a second one exits at once.
 
@@ -29,9 +32,11 @@ from bandit.policy import Policy
 from bandit.training import TrainingData, train_full_information
 from workers.service.embedding import router_embedder
 from workers.service.evaluation import LiveEvaluation, ope_config
+from workers.service.floors import LearnerFloors
 from workers.service.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
 from workers.service.learner import Learner, newest_snapshot, save_snapshot
 from workers.service.metrics import Metrics
+from workers.service.migration import conform
 from workers.service.pacing import BudgetSettings, Pacer, PaceReader, budget_settings
 from workers.service.providers import build_providers
 from workers.service.reconnect import (
@@ -43,6 +48,7 @@ from workers.service.reconnect import (
     redacted,
     unreachable,
 )
+from workers.service.reload import ConfigReload
 from workers.service.retry import compute_backoff
 from workers.service.router import Router
 from workers.service.settings import Keys, ServiceSettings
@@ -83,6 +89,10 @@ class Service:
     pacer: Pacer | None = None  # the deployment's budget controller, run beside the learner
     health: HealthState = field(default_factory=HealthState)
     http: HealthServer | None = None
+    config_path: str | None = None  # the --config file SIGHUP reloads (None: built in)
+
+    def __post_init__(self) -> None:
+        self.reloader = ConfigReload(self)
 
     async def start(self) -> None:
         """Metrics and probes first (unready until a model is held), then Redis and the model.
@@ -123,6 +133,9 @@ class Service:
         policy = await newest_snapshot(self.redis, Keys(s.prefix), s.model_dir)
         if policy is None or (self.initial_policy and self.initial_policy.version > policy.version):
             policy = self.initial_policy or fresh_policy(self.config)
+        # The deployment's own snapshot follows the config's arms; arms it lacks are new.
+        added = [n for n in self.config.arms.names if n not in policy.arm_names]
+        policy = conform(policy, self.config.arms, "the newest snapshot")
         log.info("starting %s with model version %d", "+".join(self.roles), policy.version)
         if "learner" in self.roles:
             # Online updates are one pass with importance weights: they take the online rate.
@@ -130,7 +143,10 @@ class Service:
             learner_policy = policy if online == policy.config else policy.with_config(online)
             ope = LiveEvaluation(ope_config(self.config.arms), self.config.arms.normalised_costs(),
                                  self.redis, s.prefix)  # fmt: skip
-            self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope)
+            floors = LearnerFloors(s.floor_config(), self.config.arms.names, self.redis,
+                                   Keys(s.prefix), self.metrics)  # fmt: skip
+            await floors.restore(added)
+            self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope, floors)
             self.metrics.init_learner(self.config.arms.names)
             await self.learner.publish()
             if self.budget:
@@ -222,7 +238,8 @@ class Service:
             tasks.append(asyncio.create_task(self._supervise("pacer", self.pacer.run, stop),
                                              name="pacer"))  # fmt: skip
         helpers = [asyncio.create_task(self._heartbeat(stop), name="heartbeat"),
-                   asyncio.create_task(self._deadline_on_stop(stop), name="stop-deadline")]  # fmt: skip
+                   asyncio.create_task(self._deadline_on_stop(stop), name="stop-deadline"),
+                   asyncio.create_task(self.reloader.run(stop), name="config-reload")]  # fmt: skip
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -248,8 +265,9 @@ class Service:
         await self.redis.aclose()
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    """First SIGTERM/SIGINT: warm stop (finish the batch, ack, save). Second: exit now."""
+def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], None] | None = None) -> None:
+    """First SIGTERM/SIGINT: warm stop (finish the batch, ack, save). Second: exit now.
+    SIGHUP: ``reload`` (re-read the config file)."""
     loop = asyncio.get_running_loop()
 
     def handle(signum: int) -> None:
@@ -261,11 +279,13 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handle, sig)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 async def run_service(service: Service) -> None:
     stop = asyncio.Event()
-    install_signal_handlers(stop)
+    install_signal_handlers(stop, service.reloader.request)
     await service.start()
     try:
         await service.run(stop)
