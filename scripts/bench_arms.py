@@ -211,10 +211,22 @@ def main() -> None:
     for p in args.p:
         t0 = time.perf_counter()
         lines = [ex.shared[i] for i in ex.split.test]
-        refs = {s: warm(ex, ex.arm_names, s).correctness(lines)[:, new_col] for s in seeds}
+        full = {s: warm(ex, ex.arm_names, s).correctness(lines) for s in seeds}
+        refs = {s: full[s][:, new_col] for s in seeds}
+        # How far apart two warm starts are: one's model of the new arm in the other's router.
+        gaps = []
+        for a in seeds:
+            for b in seeds:
+                if a != b:
+                    swapped = full[a].copy()
+                    swapped[:, new_col] = refs[b]
+                    gaps.append(
+                        100 * abs(reward_on_test(ex, full[a], p) - reward_on_test(ex, swapped, p))
+                    )
         print(f"\np = {p:g}: adopted when routing with its own model of {args.new_arm} loses ≤ "
               f"{GAP_PP:g} pp of reward on test against the warm-started model of it, at "
-              f"{HOLD_CHECKS + 1} checks in a row ({CHECK_LABELS} labels apart)")  # fmt: skip
+              f"{HOLD_CHECKS + 1} checks in a row ({CHECK_LABELS} labels apart); two warm starts "
+              f"of different seeds differ by {span(gaps, '{:.2f}')} pp that way")  # fmt: skip
         for share in (args.share, 0.0):
             res = [adoption(ex, args.new_arm, p, s, args.before, share, refs[s]) for s in seeds]
             label = f"floor {share:g}" if share else "no floor (ε only)"

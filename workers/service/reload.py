@@ -156,8 +156,7 @@ class ConfigReload:
     async def apply_router(self, router: Router, new: RoutingConfig) -> None:
         svc = self.service
         async with router.busy:
-            while router._finishing:  # calls out: they finish under the arms drawn from
-                await asyncio.wait(set(router._finishing))
+            await router.calls_back()  # they finish under the arms they were drawn from
             old = router.dispatcher
             providers: dict[str, Provider] = {
                 a.name: old.providers[a.name] for a in new.arms.arms if self._kept(a)
@@ -178,5 +177,5 @@ class ConfigReload:
             self._new_providers = {}
             router.config = dataclasses.replace(router.config, arms=new.arms)
             router.records.arms = new.arms
-            router._adopt(conform(router.policy, new.arms, f"router {router.consumer}"))
+            router.adopt(conform(router.policy, new.arms, f"router {router.consumer}"))
             svc.metrics.init_router(new.arms.names)

@@ -125,7 +125,7 @@ class Router:
                                paced=self.pace.paced)  # fmt: skip
         self._last_repeat_check = 0.0
         self._abandoned: list[str] = []  # query ids whose calls the shutdown deadline cut
-        self._adopt(policy)
+        self.adopt(policy)
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -212,6 +212,11 @@ class Router:
             await self.ownership.settle_waiting(
                 self.settings.repeat_wait_s, self.settings.responses_maxlen
             )
+
+    async def calls_back(self) -> None:
+        """Wait until the calls of every batch decided so far are back (a config reload)."""
+        while self._finishing:
+            await asyncio.wait(set(self._finishing))
 
     def _finish_soon(self, batch: Batch) -> None:
         task = asyncio.create_task(self.finish(batch))
@@ -408,11 +413,11 @@ class Router:
             return False
         policy = await asyncio.to_thread(conform, policy, self.config.arms,
                                          f"router {self.consumer}: the published model")  # fmt: skip
-        self._adopt(policy)
+        self.adopt(policy)
         await self.note_published()
         return True
 
-    def _adopt(self, policy: Policy) -> None:
+    def adopt(self, policy: Policy) -> None:
         """Route with ``policy`` from now on, drawing arms from a random stream of its own:
         replicas and successive snapshots would otherwise explore in lockstep. The seed is
         logged so that a run can be replayed."""
