@@ -68,8 +68,13 @@ class ConfigReload:
         while not stop.is_set():
             await self.wanted.wait()
             self.wanted.clear()
-            if not stop.is_set():
+            if stop.is_set():
+                return
+            try:
                 await self.reload()
+            except Exception:  # Redis lost mid-way, …: the worker runs on; SIGHUP again
+                log.exception("config reload failed before it was complete; send SIGHUP again")
+                self.service.metrics.config_reloads.labels("refused").inc()
 
     async def reload(self) -> bool:
         """Re-read, validate and apply the config file; False when nothing was applied."""
@@ -85,21 +90,17 @@ class ConfigReload:
             log.error("config %s not reloaded, the running config is kept: %s", path, exc)
             svc.metrics.config_reloads.labels("refused").inc()
             return False
-        change = arm_change(svc.config.arms.names, svc.config.arms.normalised_costs(),
-                            new.arms.names, new.arms.normalised_costs())  # fmt: skip
-        fixed_usd = (
-            svc.config.arms.fixed_costs_usd().tolist() != new.arms.fixed_costs_usd().tolist()
-        )
-        endpoints = [_endpoint(a) for a in svc.config.arms.arms] != [
-            _endpoint(a) for a in new.arms.arms
-        ]
-        if change is None and not fixed_usd and not endpoints and new.arms == svc.config.arms:
+        if new.arms == svc.config.arms:
+            for provider in self._new_providers.values():
+                await provider.close()
+            self._new_providers = {}
             log.info("config %s reloaded: the arms and their prices are unchanged", path)
             svc.metrics.config_reloads.labels("applied").inc()
             return True
-        log.warning(
-            "config %s reloaded: %s", path, change or "providers, prompts or USD prices changed"
-        )
+        change = arm_change(svc.config.arms.names, svc.config.arms.normalised_costs(),
+                            new.arms.names, new.arms.normalised_costs())  # fmt: skip
+        log.warning("config %s reloaded: %s", path,
+                    change or "providers, prompts or USD prices changed")  # fmt: skip
         if svc.learner is not None:
             await self.apply_learner(svc.learner, new)
         if svc.router is not None:
