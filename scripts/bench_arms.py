@@ -111,9 +111,9 @@ def reward_on_test(ex: Experiment, predicted: np.ndarray, p: float) -> float:
 
 
 def adoption(ex: Experiment, new: str, p: float, seed: int, before: int, share: float,
-             reference: np.ndarray, gap_pp: float) -> tuple[int, int] | tuple[None, None]:  # fmt: skip
-    """(labels of ``new``, stream queries after it joined) until adopted, (None, None) if
-    never. ``reference``: shape (n_test,), the warm-started P̂(correct) of ``new``;
+             reference: np.ndarray, gap_pp: float) -> tuple[int | None, int | None, float]:  # fmt: skip
+    """(labels of ``new``, stream queries after it joined) until adopted (None, None if
+    never), and the reward gap (pp) when it joined, before any label. ``reference``: shape (n_test,), the warm-started P̂(correct) of ``new``;
     ``gap_pp``: the reward (pp) that not knowing ``new`` as well as it may cost."""
     old_arms = tuple(a for a in ex.arm_names if a != new)
     col = ex.arm_names.index(new)
@@ -124,11 +124,22 @@ def adoption(ex: Experiment, new: str, p: float, seed: int, before: int, share: 
     lines = [ex.shared[i] for i in ex.split.test]
     labels = queries = 0
     held: list[tuple[int, int]] = []  # (labels, queries) at the checks that hold in a row
+
+    def gap() -> float:
+        """Reward (pp) on test lost for not knowing ``new`` as well as the warm start."""
+        own = policy.correctness(lines)
+        warm_new = own.copy()
+        warm_new[:, col] = reference
+        return 100 * (reward_on_test(ex, warm_new, p) - reward_on_test(ex, own, p))
+
+    first = 0.0
     for n, i in enumerate(stream):
         if n == before:
             policy = policy.with_arms(ex.arm_names, ex.costs)
             if share > 0:
                 floors.added(new)
+            first = gap()  # what the new arm is worth before any label of it
+            held = [(0, 0)] if first <= gap_pp else []
         if n < before:
             step(ex, policy, i, p, None)
             continue
@@ -139,14 +150,10 @@ def adoption(ex: Experiment, new: str, p: float, seed: int, before: int, share: 
         labels += 1
         if labels % CHECK_LABELS:
             continue
-        own = policy.correctness(lines)
-        warm_new = own.copy()
-        warm_new[:, col] = reference
-        gap = reward_on_test(ex, warm_new, p) - reward_on_test(ex, own, p)
-        held = [*held, (labels, queries)] if gap * 100 <= gap_pp else []
+        held = [*held, (labels, queries)] if gap() <= gap_pp else []
         if len(held) > HOLD_CHECKS:
-            return held[0]
-    return None, None
+            return (*held[0], first)
+    return None, None, first
 
 
 def retirement(ex: Experiment, p: float, seed: int, retire_at: int,
@@ -235,7 +242,9 @@ def main() -> None:
             ]
             label = f"floor {share:g}" if share else "no floor (ε only)"
             print(f"  adoption, {label}: labels of {args.new_arm} {span([r[0] for r in res])}; "
-                  f"stream queries after it joined {span([r[1] for r in res])}; per seed {res}")  # fmt: skip
+                  f"stream queries after it joined {span([r[1] for r in res])}; gap before any label "
+                  f"{span([r[2] for r in res], '{:.2f}')} pp; per seed "
+                  f"{[(r[0], r[1], round(r[2], 2)) for r in res]}")  # fmt: skip
         for cold in (False, True):
             rows = [retirement(ex, p, s, args.retire_at, cold) for s in seeds]
             how = "policy restarted cold" if cold else "with_arms (kept arms' models)"

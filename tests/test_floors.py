@@ -72,3 +72,12 @@ def test_unknown_arm_and_bad_state_are_refused() -> None:
         floors.boost("x", 0.1, 5)
     with pytest.raises(ConfigError, match="not usable"):
         ArmFloors.from_dict(FloorConfig(), {"arms": ["a"], "active": {"a": {"share": "?"}}})
+
+
+def test_the_change_line_names_added_removed_and_repriced_arms() -> None:
+    from workers.service.migration import arm_change
+
+    line = arm_change(("a", "b", "c"), np.array([1.0, 0.5, 0.1]),
+                      ("a", "c", "d"), np.array([1.0, 0.2, 0.3]))  # fmt: skip
+    assert line == "added ['d']; removed ['b']; re-priced (normalised cost) c 0.1 → 0.2"
+    assert arm_change(("a",), np.array([1.0]), ("a",), np.array([1.0])) is None
