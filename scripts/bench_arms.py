@@ -208,6 +208,7 @@ def main() -> None:
     ap.add_argument("--before", type=int, default=500)
     ap.add_argument("--retire-at", type=int, default=864)
     ap.add_argument("--share", type=float, default=0.05)
+    ap.add_argument("--skip-retirement", action="store_true", help="only the adoption replays")
     args = ap.parse_args()
     cfg = builtin_config("overruling")
     cache = str(default_cache_dir() / "embeddings")
@@ -245,7 +246,7 @@ def main() -> None:
                   f"stream queries after it joined {span([r[1] for r in res])}; gap before any label "
                   f"{span([r[2] for r in res], '{:.2f}')} pp; per seed "
                   f"{[(r[0], r[1], round(r[2], 2)) for r in res]}")  # fmt: skip
-        for cold in (False, True):
+        for cold in () if args.skip_retirement else (False, True):
             rows = [retirement(ex, p, s, args.retire_at, cold) for s in seeds]
             how = "policy restarted cold" if cold else "with_arms (kept arms' models)"
             drops = [100 * (b - a) for _, b, a, _ in rows]
