@@ -203,7 +203,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--p", type=float, nargs="+", default=[0.0, 0.05])
+    ap.add_argument("--p", type=float, nargs="*", default=[0.0, 0.05])
     ap.add_argument("--new-arm", default="gpt-4")
     ap.add_argument("--before", type=int, default=500)
     ap.add_argument("--retire-at", type=int, default=864)
@@ -216,6 +216,10 @@ def main() -> None:
     ds = load_dataset("overruling", args.data_dir)
     ex = Experiment(ds, Embedder(cfg.embedder).embed_cached(list(ds.texts)), make_split(ds), cfg)
     seeds = list(range(args.seeds))
+    usd = cfg.arms.fixed_costs_usd()
+    print("arms (correct over all queries, fixed USD per call, normalised cost): " + ", ".join(
+        f"{n} {ex.correct[:, j].mean():.3f} ${usd[j]:.5f} {ex.costs[j]:.3f}"
+        for j, n in enumerate(ex.arm_names)))  # fmt: skip
     new_col = ex.arm_names.index(args.new_arm)
     for p in args.p:
         t0 = time.perf_counter()
