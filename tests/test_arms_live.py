@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
 from bandit.config import RoutingConfig, load_config
 from bandit.datasets import Dataset
@@ -27,6 +28,7 @@ from tests.test_learner_commit import learner, shared_lines, steps_until, store_
 from tests.test_service import _count, responses, run_with_service, settings, wait_for
 from workers.harness.replay_server import ReplayServer
 from workers.service.app import Service
+from workers.service.learner import Learner
 from workers.service.settings import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,3 +215,47 @@ def test_sighup_reloads_a_running_worker(
         log.close()
     text = (tmp_path / "serve.log").read_text()
     assert "added ['gpt-4']; removed ['xlarge']" in text, text[-3000:]
+
+
+def test_the_learner_ends_a_floor_at_its_spend_cap_and_commits_it(
+    redis_url: str, prefix: str
+) -> None:
+    from bandit.config import builtin_config
+    from workers.service.app import fresh_policy
+    from workers.service.floors import LearnerFloors
+    from workers.service.metrics import Metrics
+    from workers.service.settings import ServiceSettings
+
+    keys, r = Keys(prefix), redis.Redis.from_url(redis_url)
+    s = settings(redis_url, prefix, floor_share=0.1, floor_labels=100, floor_max_spend_usd=0.0025)
+    assert isinstance(s, ServiceSettings)
+    policy = fresh_policy(builtin_config("overruling"))
+    ids = [f"q{i}" for i in range(36)]  # decision i drew arm i % 12: gpt-4 thrice
+    store_decisions(r, keys, s, policy, ids, shared_lines(policy, 36))  # 0.001 USD each
+    for q in ids:
+        r.xadd(keys.feedback, {"id": q, "label": "Yes"})
+
+    async def main() -> None:
+        ar = aioredis.Redis.from_url(redis_url)
+        floors = LearnerFloors(
+            s.floor_config(), policy.arm_names, ar, keys, Metrics(CollectorRegistry())
+        )
+        await floors.restore(added=["gpt-4"])
+        one = Learner(s, policy, ar, Metrics(CollectorRegistry()), floors=floors)
+        await one.publish()
+        assert await ar.hget(keys.explore_floor, "gpt-4") == b"0.1"
+        stop = asyncio.Event()
+        stop.set()
+        await one.run(stop)
+        await steps_until(one, lambda: sum(one.outcomes.values()) == 36)
+        assert floors.floors() == {}  # 3 labels × 0.001 USD ≥ 0.0025 USD
+        await one.publish()
+        assert not await ar.exists(keys.explore_floor)
+        restored = LearnerFloors(
+            s.floor_config(), policy.arm_names, ar, keys, Metrics(CollectorRegistry())
+        )
+        await restored.restore()
+        assert restored.floors() == {}  # the ended floor stays ended after a restart
+        await ar.aclose()
+
+    asyncio.run(main())
