@@ -11,6 +11,9 @@ mode = "decoupled"
 max_seq_length = 256
 backend = "onnx"    # or "torch" (sentence-transformers itself)
 
+[drift]             # DriftConfig fields (bandit/drift.py), all optional
+detector = "page_hinkley"
+
 [[arms]]            # Arm fields, one table per arm, in action order
 name = "gpt-4"
 provider = "openai"
@@ -28,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from bandit.arms import ArmCatalogue
+from bandit.drift import DriftConfig
 from bandit.embedder import EmbedderConfig
 from bandit.errors import ConfigError
 from bandit.policy import PolicyConfig
 
-SECTIONS = ("task", "policy", "embedder", "arms", "service", "budget")
+SECTIONS = ("task", "policy", "embedder", "arms", "service", "budget", "drift")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class RoutingConfig:
     # The [budget] table (spend target and pacing knobs), kept as data for the same reason
     # (workers/service/pacing.py).
     budget: Mapping[str, Any] = field(default_factory=dict)
+    # The [drift] table: the learner's per-arm drift detectors (bandit/drift.py).
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
 
 def _section(cls: type, data: dict[str, Any], name: str) -> Any:
@@ -90,6 +96,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> RoutingConfi
         embedder=_section(EmbedderConfig, dict(data.get("embedder", {})), "embedder"),
         service=dict(data.get("service", {})),
         budget=dict(data.get("budget", {})),
+        drift=DriftConfig.from_mapping(data.get("drift", {})),
     )
 
 

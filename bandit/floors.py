@@ -81,12 +81,14 @@ class ArmFloors:
         self.boost(arm, self.config.share, self.config.labels)
 
     def boost(self, arm: str, share: float, labels: int) -> None:
-        """Give ``arm`` at least ``share`` of the decisions for its next ``labels`` labels
-        (a drifted arm to re-learn); a floor it has already is raised, never lowered."""
+        """Give ``arm`` at least ``share`` (at most ``MAX_TOTAL_FLOOR``) of the decisions for
+        its next ``labels`` labels (a drifted arm to re-learn); a floor it has already is
+        raised, never lowered; a share or labels ≤ 0 give none."""
         self._check_arm(arm)
-        FloorConfig(share, labels)  # the same bounds as the configured floor
-        if share <= 0:
+        if share <= 0 or labels <= 0:
             return
+        share = min(share, MAX_TOTAL_FLOOR)
+        FloorConfig(share, labels)  # the same bounds as the configured floor
         old = self.active.get(arm)
         if old is not None:
             share, labels = max(share, old.share), max(labels, old.labels_left)

@@ -34,11 +34,13 @@ import uuid
 from typing import Any
 
 import numpy as np
+import redis
 import redis.asyncio as aioredis
 
 from bandit.config import builtin_config
 from bandit.datasets import resolve_data_dir
 from bandit.embedder import Embedder
+from workers.harness.cleanup import delete_prefix
 from workers.harness.demo import free_port, redis_for_run
 from workers.service.app import Service
 from workers.service.settings import Keys, ServiceSettings
@@ -177,6 +179,7 @@ async def run_phase(url: str, latency_ms: float, texts: list[str], rate_qps: flo
     await task
     await svc.close()
     await r.aclose()
+    drop_keys(url, prefix)
     replay.stop()
     return out
 
@@ -254,14 +257,15 @@ async def learner_phase(
     rate = n / (time.perf_counter() - t0)
     if ope:  # every label reached the estimators (a record they cannot read is skipped)
         assert evaluation.ev.labels == n, (evaluation.ev.labels, evaluation.skipped)
-    for start in range(0, n, 1000):
-        ids = range(start, min(start + 1000, n))
-        await r.delete(
-            *[keys.decision(f"q{i}") for i in ids], *[keys.learned(f"q{i}") for i in ids]
-        )
-    await r.delete(keys.feedback)
     await r.aclose()
+    drop_keys(url, prefix)
     return {"updates_per_s": rate, "vw_updates_per_s": vw_rate}
+
+
+def drop_keys(url: str, prefix: str) -> None:
+    """A phase's keys go when it ends: the benchmark leaves the Redis as it found it."""
+    with redis.Redis.from_url(url) as r:
+        delete_prefix(r, prefix)
 
 
 async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, float, float]]:
@@ -302,6 +306,7 @@ async def rss_run(url: str, n: int, data_dir: str | None) -> list[tuple[int, flo
     await task
     await svc.close()
     await r.aclose()
+    drop_keys(url, prefix)
     replay.stop()
     return samples
 

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from bandit.config import RoutingConfig, load_config
 from bandit.datasets import Dataset
+from bandit.floors import FloorConfig
 from tests.test_delivery import wait_until
 from tests.test_learner_commit import learner, shared_lines, steps_until, store_decisions
 from tests.test_service import _count, responses, run_with_service, settings, wait_for
@@ -40,7 +41,8 @@ def write_config(path: Path, arms: Sequence[str], prices: dict[str, float] | Non
     typical_tokens_in per arm, to re-price it."""
     data = tomllib.loads((resources.files("bandit") / "configs" / "overruling.toml").read_text())
     by_name = {a["name"]: a for a in data["arms"]}
-    lines = ['[task]\nname = "overruling"\nlabels = ["Yes", "No"]\n', "[policy]"]
+    lines = ['[task]\nname = "overruling"\nlabels = ["Yes", "No"]\n', "[drift]\nenabled = false\n"]
+    lines.append("[policy]")  # drift boosts would add floors of their own: not tested here
     lines += [f"{k} = {json.dumps(v)}" for k, v in data["policy"].items()]
     for name in arms:
         arm = {
@@ -259,3 +261,19 @@ def test_the_learner_ends_a_floor_at_its_spend_cap_and_commits_it(
         await ar.aclose()
 
     asyncio.run(main())
+
+
+def test_a_drift_detection_raises_the_arms_floor(redis_url: str, prefix: str) -> None:
+    from bandit.config import builtin_config
+    from workers.service.floors import LearnerFloors
+    from workers.service.metrics import Metrics
+
+    cfg = builtin_config("overruling")
+    called: list[str] = []
+    svc = Service(settings(redis_url, prefix), cfg, on_drift=called.append)
+    r = aioredis.Redis.from_url(redis_url)
+    floors = LearnerFloors(
+        FloorConfig(), cfg.arms.names, r, Keys(prefix), Metrics(CollectorRegistry())
+    )
+    svc._drifted(floors, "xlarge")
+    assert floors.floors() == {"xlarge": cfg.drift.boost_share} and called == ["xlarge"]

@@ -90,12 +90,12 @@ def test_every_required_alert_and_panel_is_there() -> None:
     alerts = {r["alert"] for r in rules(DEPLOY)}
     assert {"MetallmModelStale", "MetallmStreamLagGrowing", "MetallmPendingGrowing", "MetallmDeadLetters",
             "MetallmProviderErrorRateHigh", "MetallmFallbackRateHigh", "MetallmSpendAboveBudget",
-            "MetallmAccuracyLow"} <= alerts  # fmt: skip
+            "MetallmAccuracyLow", "MetallmArmDrift"} <= alerts  # fmt: skip
     assert set(SHOULD_FIRE) | set(SHOULD_BE_QUIET) <= alerts
     titles = {t for t, _ in dashboard_targets(DEPLOY)}
     assert set(FAULT_PANELS) <= titles
     assert {"Spend against the pacing target (USD per 10k queries)",
-            "Price weight p (cost against accuracy)"} <= titles  # fmt: skip
+            "Price weight p (cost against accuracy)", "Drift detections and boosted arms"} <= titles  # fmt: skip
     for r in rules(DEPLOY):
         assert r["annotations"]["summary"] and r["annotations"]["description"], r["alert"]
 

@@ -81,3 +81,11 @@ def test_the_change_line_names_added_removed_and_repriced_arms() -> None:
                       ("a", "c", "d"), np.array([1.0, 0.2, 0.3]))  # fmt: skip
     assert line == "added ['d']; removed ['b']; re-priced (normalised cost) c 0.1 → 0.2"
     assert arm_change(("a",), np.array([1.0]), ("a",), np.array([1.0])) is None
+
+
+def test_a_boost_of_no_labels_is_none_and_a_big_share_is_capped() -> None:
+    floors = ArmFloors(FloorConfig(), ARMS)
+    floors.boost("b", 0.2, 0)
+    assert not floors.floors().any()
+    floors.boost("b", 0.9, 10)
+    assert floors.floors().tolist() == [0.0, MAX_TOTAL_FLOOR, 0.0]

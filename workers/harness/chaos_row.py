@@ -19,7 +19,8 @@ from workers.harness.chaos_procs import (
     ChaosError,
 )
 from workers.harness.chaos_tally import Response, Row, tally
-from workers.service.settings import LEARNERS_GROUP, Keys
+from workers.harness.cleanup import delete_prefix
+from workers.service.settings import LEARNERS_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -207,20 +208,8 @@ def _account(ctx: Ctx, r: redis.Redis, stats: dict[str, Any]) -> Row:
     version = int(_retrying("read the version", lambda: r.get(keys.model_version)) or 0)
     row = tally(ctx.fault, ctx.valid, ctx.invalid, responses, dead_tags, dead, ctx.labelled,
                 stats.get("answers", {}), version, ctx.workers.crashes)  # fmt: skip
-    _cleanup(r, keys)
+    delete_prefix(r, keys.prefix)  # the private Redis stays small (a 10 MB text, say)
     return row
-
-
-def _cleanup(r: redis.Redis, keys: Keys) -> None:
-    """The row's keys go, so that the private Redis stays small (a 10 MB text, say)."""
-    batch: list[Any] = []
-    for key in r.scan_iter(match=f"{keys.prefix}*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            r.delete(*batch)
-            batch.clear()
-    if batch:
-        r.delete(*batch)
 
 
 def row_names(selected: Sequence[str] | None) -> list[str]:

@@ -361,6 +361,10 @@ def check_grafana(rep: Report, deploy: Path) -> None:
     known = metric_names()
     check_metric_names(rep, "dashboard", exprs, known)
     check_metric_names(rep, "alert rules", [r["expr"] for r in rules(deploy)], known)
+    # An alert per arm, stream, … names it: {{ $labels.X }} in its summary for each "by (X)".
+    unnamed = sorted({(r["alert"], x.strip()) for r in rules(deploy) if "alert" in r for g in re.findall(r"\bby \(([^)]*)\)", r["expr"])
+                      for x in g.split(",") if f"$labels.{x.strip()}" not in r["annotations"]["summary"]})  # fmt: skip
+    rep.check(not unnamed, "alert rules: each names what it groups by (arm, stream, …) in its summary", f"unnamed {unnamed}")  # fmt: skip
 
 
 # -- checks that need a tool ---------------------------------------------------------------

@@ -43,7 +43,7 @@ JOBS = ("metallm-router", "metallm-learner")
 SHOULD_FIRE = ("MetallmDeadLetters", "MetallmProviderErrorRateHigh", "MetallmSpendAboveBudget",
                "MetallmSpendOffTarget", "MetallmAccuracyLow")  # fmt: skip
 SHOULD_BE_QUIET = ("MetallmWorkerDown", "MetallmLearnerNotSingle", "MetallmModelStale",
-                   "MetallmFeedbackNotJoining", "MetallmQueriesFailing")  # fmt: skip
+                   "MetallmFeedbackNotJoining", "MetallmQueriesFailing", "MetallmArmDrift")  # fmt: skip
 FAULT_PANELS = ("Fallbacks per arm", "Provider errors per arm and kind",
                 "Dead letters (last hour) and failed queries")  # fmt: skip
 DEFAULT_RATE_QPS = 6.0

@@ -20,6 +20,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from bandit.config import RoutingConfig
 from bandit.embedder import EMBEDDING_DIM
 from bandit.policy import Policy
 from bandit.training import TrainingData, train_full_information
+from workers.service.drift_watch import DriftWatch
 from workers.service.embedding import router_embedder
 from workers.service.evaluation import LiveEvaluation, ope_config
 from workers.service.floors import LearnerFloors
@@ -89,6 +91,9 @@ class Service:
     pacer: Pacer | None = None  # the deployment's budget controller, run beside the learner
     health: HealthState = field(default_factory=HealthState)
     http: HealthServer | None = None
+    # Called with an arm's name when the learner detects that arm drifted (after its warning
+    # and metrics), besides raising that arm's exploration floor.
+    on_drift: Callable[[str], None] | None = None
     config_path: str | None = None  # the --config file SIGHUP reloads (None: built in)
 
     def __post_init__(self) -> None:
@@ -146,7 +151,9 @@ class Service:
             floors = LearnerFloors(s.floor_config(), self.config.arms.names, self.redis,
                                    Keys(s.prefix), self.metrics)  # fmt: skip
             await floors.restore(added)
-            self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope, floors)
+            drift = DriftWatch(self.config.drift, self.metrics, self.redis, s.prefix,
+                               partial(self._drifted, floors))  # fmt: skip
+            self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope, drift, floors)
             self.metrics.init_learner(self.config.arms.names)
             await self.learner.publish()
             if self.budget:
@@ -168,6 +175,14 @@ class Service:
             if not self.learner:
                 await self.router.note_published()
         self.health.model_version = self._model_version
+
+    def _drifted(self, floors: LearnerFloors, arm: str) -> None:
+        """A drifted arm is re-learned: its exploration floor is raised (bandit.drift's
+        boost share, for its next boost labels), then ``on_drift`` is called."""
+        drift = self.config.drift
+        floors.boost(arm, drift.boost_share, drift.boost_labels)
+        if self.on_drift is not None:
+            self.on_drift(arm)
 
     def _model_version(self) -> int | None:
         """The version of the model the worker routes (router) or learns (learner) with."""

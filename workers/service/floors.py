@@ -77,7 +77,11 @@ class LearnerFloors(Floors):
 
     def boost(self, arm: str, share: float, labels: int) -> None:
         """A raised share for ``arm``'s next ``labels`` labels (a drifted arm to re-learn)."""
-        self.state.boost(arm, share, labels)
+        try:
+            self.state.boost(arm, share, labels)
+        except ConfigError as exc:  # never stop the learner for it
+            log.warning("arm %s: exploration floor not raised: %s", arm, exc)
+            return
         log.info("arm %s: exploration floor %.3g for its next %d labels", arm, share, labels)
 
     def labelled(self, record: Mapping[str, str]) -> None:

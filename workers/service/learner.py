@@ -33,6 +33,7 @@ from bandit.errors import UnknownArmError
 from bandit.policy import Policy
 from bandit.reward import is_correct
 from bandit.reward import reward as reward_of
+from workers.service.drift_watch import DRIFT_OFF, DriftHooks
 from workers.service.evaluation import OPE_OFF, Evaluation
 from workers.service.floors import FLOORS_OFF, Floors
 from workers.service.messages import BadFeedback, Feedback, check_feedback_label, parse_feedback
@@ -122,8 +123,10 @@ class _Uncommitted:
 
 class Learner:
     def __init__(self, settings: ServiceSettings, policy: Policy, redis: aioredis.Redis,
-                 metrics: Metrics, ope: Evaluation = OPE_OFF, floors: Floors = FLOORS_OFF) -> None:  # fmt: skip
+                 metrics: Metrics, ope: Evaluation = OPE_OFF, drift: DriftHooks = DRIFT_OFF,
+                 floors: Floors = FLOORS_OFF) -> None:  # fmt: skip
         self.settings, self.policy, self.r, self.m, self.ope = settings, policy, redis, metrics, ope
+        self.drift = drift  # per-arm drift detectors on the labels (workers/service/drift_watch.py)
         self.floors, self.busy = floors, asyncio.Lock()  # busy: a config reload waits for a step
         self.keys = Keys(settings.prefix)
         self.consumer = settings.consumer or DEFAULT_LEARNER_CONSUMER
@@ -268,6 +271,7 @@ class Learner:
                 batch.invalid[k] = ("feedback", f"its decision record cannot be learned: {exc!r}")
                 continue
             self.ope.observe(record, correct)  # labels only: a default reward is no outcome
+            self.drift.observe(record, correct)
             batch.outcomes[k] = "joined"
         todo = self._uncommitted
         todo.markers += batch.mark
@@ -360,6 +364,7 @@ class Learner:
         acknowledgements of everything learned or handled since the last commit. Then the
         snapshot goes to disk (a cache: see ``newest_snapshot``)."""
         await self.ope.ensure_restored()  # never overwrite the committed estimates
+        await self.drift.ensure_restored()
         version, now = self.policy.version, time.time()
         data = self.policy.to_bytes() if model else None
         todo, self._uncommitted = self._uncommitted, _Uncommitted()
@@ -394,6 +399,7 @@ class Learner:
                 pipe.set(k.model_published, repr(now))
             self.ope.queue_commit(pipe)
             self.floors.queue_commit(pipe)
+            self.drift.queue_commit(pipe)
             if todo.markers or todo.settled:
                 markers = [k.learned(qid) for qid in todo.markers]
                 # Queued in the transaction (awaiting it sends nothing yet).

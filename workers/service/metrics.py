@@ -105,6 +105,11 @@ class Metrics:
         self.spend = Counter(
             "metallm_spend_usd_total", "USD spent on LLM calls, by arm", ["arm"], registry=r
         )
+        # Per-arm drift detectors on the labels' residuals (workers/service/drift_watch.py).
+        self.drift = Counter("metallm_arm_drift_total", "Changes detected in an arm's correctness "
+                             "residuals (observed − predicted)", ["arm"], registry=r)  # fmt: skip
+        self.drift_boost = Gauge("metallm_arm_drift_boost", "1 while an arm's exploration share is "
+                                 "raised after a detected drift", ["arm"], registry=r)  # fmt: skip
         self.updates = Counter("metallm_policy_updates_total", "Policy updates learned", registry=r)
         self.model_version = Gauge(
             "metallm_model_version", "Version of the model in use", registry=r
@@ -196,6 +201,8 @@ class Metrics:
             self.correct.labels(arm)
             self.labelled.labels(arm)
             self.reward.labels(arm)
+            self.drift.labels(arm)
+            self.drift_boost.labels(arm).set(0)
             self.explore_floor.labels(arm)
         for result in RELOAD_RESULTS:
             self.config_reloads.labels(result)

@@ -4,7 +4,7 @@
 anything changes (a file that does not parse, an arm without a provider, a replay arm
 without an endpoint …): a bad file is logged and the running config kept. What a reload
 applies is the ``[[arms]]`` list and prices; ``[task]``, ``[policy]``, ``[embedder]``,
-``[service]`` and ``[budget]`` need a restart, and a change there is logged and ignored.
+``[service]``, ``[budget]`` and ``[drift]`` need a restart, and a change there is logged and ignored.
 
 - The learner, between two steps: commits what it holds, migrates its policy
   (``Policy.with_arms``, one log line naming added, removed and re-priced arms with their
@@ -43,8 +43,7 @@ if TYPE_CHECKING:
     from workers.service.router import Router
 
 log = logging.getLogger(__name__)
-LIVE_SECTIONS = ("arms",)
-RESTART_SECTIONS = ("task", "policy", "embedder", "service", "budget")
+RESTART_SECTIONS = ("task", "policy", "embedder", "service", "budget", "drift")
 
 
 def _endpoint(arm: Arm) -> tuple[str, str, str | None]:
