@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
          "(the embedded default)."),
     ):  # fmt: skip
         p = sub.add_parser(name, help=help_text, description=desc + " First SIGTERM/SIGINT: "
-                           "finish the work in flight, acknowledge, save the model. Second: exit at once.",
+                           "finish the work in flight, acknowledge, save the model. Second: exit at once. "
+                           "SIGHUP: re-read --config and apply its arms and prices without a restart.",
                            epilog=ENV_EPILOG)  # fmt: skip
         _add_worker_options(p, ROLES[name])
         p.set_defaults(handler=cmd_worker)
@@ -102,6 +103,12 @@ def cmd_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from workers.service.app import Service, run_service
 
     cfg = routing_config(args, env)
-    service = Service(service_settings(args, env, cfg), cfg, roles=ROLES[args.command], env=env)
+    service = Service(
+        service_settings(args, env, cfg),
+        cfg,
+        roles=ROLES[args.command],
+        env=env,
+        config_path=args.config,
+    )  # SIGHUP re-reads it
     asyncio.run(run_service(service))
     return 0
