@@ -103,6 +103,8 @@ class Experiment:
         self.arm_names = names
         self.correct = ds.correct[:, cols]
         self.cost_usd = ds.cost_usd[:, cols]
+        self.observed = None if ds.observed is None else ds.observed[:, cols]
+        self.logged_prob = None if ds.logged_prob is None else ds.logged_prob[:, cols]
         self.costs = config.arms.normalised_costs()
         self.reward_cost = (
             config.arms.normalise_usd(self.cost_usd)
@@ -125,6 +127,8 @@ class Experiment:
             self.correct[idx],
             self.reward_cost[idx],
             self.cost_usd[idx],
+            None if self.observed is None else self.observed[idx],
+            None if self.logged_prob is None else self.logged_prob[idx],
         )
 
     def new_policy(self, config: PolicyConfig) -> Policy:

@@ -8,7 +8,9 @@ Two ways, both ending in the same Policy object the service uses:
   would have learned had it been live on these queries.
 - ``train_full_information``: a warm start for when every arm's outcome is known for the
   training rows (as in the recorded data sets): every arm's outcome is learned, with
-  probability 1, for ``config.warm_start_passes`` passes.
+  probability 1, for ``config.warm_start_passes`` passes. An imported file may miss some
+  cells (``observed``) and may carry the logging policy's probabilities (``prob``): then
+  only the recorded cells are learned, each importance-weighted by its probability.
 """
 
 from __future__ import annotations
@@ -29,12 +31,17 @@ class TrainingData:
     - ``correct``: shape (n, n_arms), 1 where the arm was right.
     - ``cost``: shape (n, n_arms), normalised cost the reward charges (fixed or dynamic).
     - ``cost_usd``: shape (n, n_arms), USD actually spent, for reporting.
+    - ``observed``: shape (n, n_arms), bool, the cells whose outcome is known (None: all).
+    - ``prob``: shape (n, n_arms), the logging policy's probability of each recorded cell
+      (None: full information, 1).
     """
 
     shared: Sequence[str]
     correct: np.ndarray
     cost: np.ndarray
     cost_usd: np.ndarray
+    observed: np.ndarray | None = None
+    prob: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.shared)
@@ -51,23 +58,30 @@ class ReplayResult:
 
 
 def train_full_information(policy: Policy, data: TrainingData, seed: int = 0) -> Policy:
-    """Learn every arm's outcome on every row, ``warm_start_passes`` times, seeded order."""
+    """Learn every recorded arm's outcome on every row, ``warm_start_passes`` times, in a
+    seeded order."""
     rng = np.random.default_rng(seed)
     for _ in range(policy.config.warm_start_passes):
         for i in rng.permutation(len(data)):
             for j in range(policy.n_arms):
+                if data.observed is not None and not data.observed[i, j]:
+                    continue
+                prob = 1.0 if data.prob is None else float(data.prob[i, j])
                 policy.learn_line(
-                    data.shared[i], j, 1.0, float(data.correct[i, j]), float(data.cost[i, j])
+                    data.shared[i], j, prob, float(data.correct[i, j]), float(data.cost[i, j])
                 )
     return policy
 
 
 def train_bandit(policy: Policy, data: TrainingData, seed: int = 0) -> ReplayResult:
-    """Algorithm 1: one pass in a seeded order with bandit feedback only."""
+    """Algorithm 1: one pass in a seeded order with bandit feedback only. A row that misses
+    some arms draws among the recorded ones (``available``), as the service does when an
+    arm is down."""
     order = np.random.default_rng(seed).permutation(len(data))
     got = spent = explored = 0.0
     for i in order:
-        (d,) = policy.decide_lines([data.shared[i]])
+        available = None if data.observed is None else data.observed[i]
+        (d,) = policy.decide_lines([data.shared[i]], available=available)
         a = float(data.correct[i, d.arm])
         policy.learn_line(data.shared[i], d.arm, d.prob, a, float(data.cost[i, d.arm]))
         got += a

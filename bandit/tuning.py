@@ -132,6 +132,9 @@ def cross_validate(
     if folds < 2 or repeats < 1:
         raise ConfigError(f"cross-validation needs folds ≥ 2 (got {folds}) and repeats ≥ 1")
     rows = np.concatenate([ex.split.train, ex.split.val])
+    # Rows missing an arm cannot be scored: they join every fold's training, never a fold.
+    complete = np.ones(len(rows), bool) if ex.observed is None else ex.observed[rows].all(1)
+    always, rows = rows[~complete], rows[complete]
     correct, usd, costs = ex.correct[rows], ex.cost_usd[rows], ex.reward_cost[rows]
     ref = list(ex.arm_names).index(budget_arm)
     dearest = usd.mean(0).max()
@@ -145,7 +148,8 @@ def cross_validate(
             oof = np.zeros(correct.shape)
             for k, held in enumerate(parts):
                 fit = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != k]))
-                policy = ex.warm_policy_on(cfg, rows[fit])
+                fit_rows = np.concatenate([rows[fit], always]) if len(always) else rows[fit]
+                policy = ex.warm_policy_on(cfg, fit_rows)
                 oof[held] = ex.correctness(policy, rows[held])
             pts = sweep(oof, costs, correct, usd)
             within = [pt.acc for pt in pts if pt.cost_per_10k <= share * ref_cost + 1e-9]

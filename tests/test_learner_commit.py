@@ -347,7 +347,7 @@ def test_a_decision_record_that_cannot_be_learned_is_a_dead_letter(
     settings = ServiceSettings(redis_url=redis_url, prefix=prefix, block_ms=20)
     policy = fresh_policy(builtin_config("overruling"))
     store_decisions(r, keys, settings, policy, ["q0", "q1"], shared_lines(policy, 2))
-    r.hset(keys.decision("q0"), "arm", "not-an-arm")
+    r.hset(keys.decision("q0"), "prob", "not-a-probability")
     for q in ("q0", "q1"):
         r.xadd(keys.feedback, {"id": q, "label": "Yes"})
 

@@ -433,3 +433,18 @@ def test_the_router_logs_each_arms_predicted_correctness_and_the_learner_estimat
         right.append(rec["label"] == ds.labels[i])
     ev = state(r, keys)  # type: ignore[arg-type]
     assert ev.labels == len(rows) and ev.estimate("live").acc.value == pytest.approx(np.mean(right))
+
+
+def test_the_logged_predicted_correctness_does_not_depend_on_the_batchs_p() -> None:
+    """Under a budget the batch's p is the pacer's, not the config's: P̂ must come out the same."""
+    from bandit.embedder import EMBEDDING_DIM
+    from bandit.policy import Policy
+    from workers.service.records import drawn
+
+    policy = Policy(CFG.policy, CFG.arms.names, CFG.arms.normalised_costs(), EMBEDDING_DIM)
+    v = np.random.default_rng(0).normal(size=(1, EMBEDDING_DIM))
+    lines = policy.features.shared_batch(v / np.linalg.norm(v))
+    for p in (0.0, 0.3):
+        (d,) = policy.decide_lines(lines, p=p)
+        got = np.array(json.loads(drawn(policy, d, p)["predicted"]))
+        np.testing.assert_allclose(got, policy.correctness(lines)[0])

@@ -23,13 +23,13 @@ log = logging.getLogger("metallm")
 def register(sub: Any) -> None:
     ev = sub.add_parser(
         "evaluate",
-        help="train, calibrate and evaluate the router on a recorded data set",
-        description="Embed the data set's queries (cached on disk), train the Vowpal Wabbit "
-        "policy on the train split, calibrate p on validation and print, for the test split: "
-        "every arm alone, the oracle, a random router, the router at several p and at the "
+        help="train, calibrate and evaluate the router on a recorded data set or your own file",
+        description="Embed the queries of a bundled data set or of your own --data file "
+        "(cached on disk), train the Vowpal Wabbit policy on the train split, calibrate p on "
+        "validation and print, for the test split: every arm alone, the oracle, a random router, the router at several p and at the "
         "budget of each arm (both reward modes), AIQ, and an online replay.",
     )
-    add_dataset_options(ev)
+    add_dataset_options(ev, data_file=True)
     ev.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     ev.add_argument("--model", type=Path, metavar="SNAPSHOT", help="instead: this snapshot's "
                     "greedy accuracy and cost on the test split at a few p, beside the warm start")  # fmt: skip
@@ -87,7 +87,7 @@ def register(sub: Any) -> None:
         "progressive accuracy over train+validation; prints every trial, best first. Put the "
         "winners in the [policy] table of the config.",
     )
-    add_dataset_options(tu)
+    add_dataset_options(tu, data_file=True)
     tu.add_argument(
         "--cv",
         metavar="BUDGET_ARM",
@@ -108,9 +108,11 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from workers.cli.train import cmd_evaluate_model
 
         return cmd_evaluate_model(args, env)
-    cfg = routing_config(args, env)
-    _check_budget_options(args, cfg)  # before the data set is read and embedded
-    ds = dataset(args, env)
+    ds = dataset(args, env) if args.data else None  # a --data file may make the config
+    cfg = routing_config(args, env, ds)
+    _check_budget_options(args, cfg)  # before the data set is embedded
+    if ds is None:
+        ds = dataset(args, env)
     vectors = embed(ds, cfg)
     t0 = time.perf_counter()
     explorers = args.compare_explorers
@@ -152,8 +154,8 @@ def cmd_tune(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from bandit.evaluation import Experiment
     from bandit.tuning import tune, tune_online
 
-    cfg = routing_config(args, env)
     ds = dataset(args, env)
+    cfg = routing_config(args, env, ds)
     ex = Experiment(ds, embed(ds, cfg), make_split(ds, args.seed), cfg)
     if args.cv:
         return _print_cross_validation(ex, cfg, args.cv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from bandit.config import RoutingConfig, builtin_config, load_config
+from bandit.data_config import check_arms, config_from_data
 from bandit.datasets import DATA_DIR_ENV, LOADERS, Dataset, load_dataset
+from bandit.datasets.imported import read_records
 from bandit.embedder import CACHE_DIR_ENV, Embedder, default_cache_dir
 from bandit.errors import MetalLMError
 from workers.service.settings import ServiceSettings
@@ -28,15 +31,35 @@ CACHE_DIR_HELP = f"where embeddings and the ONNX export are cached (default: ${C
 CONFIG_HELP = "TOML file with [task], [policy], [embedder], [service] and [[arms]]"
 
 
-def add_dataset_options(p: argparse.ArgumentParser) -> None:
-    """--dataset, --data-dir, --config, --cache-dir, --seed, --limit: the offline commands'."""
-    p.add_argument(
-        "--dataset", required=True, choices=sorted(LOADERS), help="recorded data set to use"
-    )
+def add_dataset_options(p: argparse.ArgumentParser, data_file: bool = False) -> None:
+    """--dataset, --data-dir, --config, --cache-dir, --seed, --limit: the offline commands';
+    with ``data_file``, also --data FILE (instead of --dataset) and --prompt-column."""
+    if data_file:
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--dataset", choices=sorted(LOADERS), help="recorded data set to use")
+        src.add_argument(
+            "--data",
+            type=Path,
+            metavar="FILE",
+            help="your own recorded outcomes instead: long format (.jsonl, or .csv with an "
+            "'arm' column) or wide format (.csv with '<model>|total_cost' columns); see the "
+            "README, section 'Your own data'",
+        )
+        p.add_argument(
+            "--prompt-column",
+            metavar="NAME",
+            help="with a wide --data file: the column holding the query text (default: text)",
+        )
+    else:
+        p.add_argument(
+            "--dataset", required=True, choices=sorted(LOADERS), help="recorded data set to use"
+        )
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument(
         "--config",
-        help=f"{CONFIG_HELP} (default: the data set's built-in config, bandit/configs/NAME.toml)",
+        help=f"{CONFIG_HELP} (default: the data set's built-in config, bandit/configs/NAME.toml; "
+        "with --data, one built from the file: a replay arm per model at its mean recorded "
+        "cost, default policy)",
     )
     p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     p.add_argument(
@@ -79,10 +102,24 @@ def data_dir(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
     return getattr(args, "data_dir", None) or env.get(DATA_DIR_ENV) or None
 
 
-def routing_config(args: argparse.Namespace, env: Mapping[str, str]) -> RoutingConfig:
-    """--config FILE, else the built-in config of --dataset, with the embedder's caches
-    under the cache folder (unless the config names its own ONNX folder)."""
-    cfg = load_config(args.config) if args.config else builtin_config(args.dataset)
+def routing_config(
+    args: argparse.Namespace, env: Mapping[str, str], ds: Dataset | None = None
+) -> RoutingConfig:
+    """--config FILE, else the built-in config of --dataset, else (--data, read into ``ds``)
+    one built from the file's arms; with the embedder's caches under the cache folder
+    (unless the config names its own ONNX folder). With --data, the config's arms must be
+    the file's."""
+    data = getattr(args, "data", None)
+    if args.config:
+        cfg = load_config(args.config)
+    elif data:
+        if ds is None:
+            raise MetalLMError("--data without --config: read the file before the config")
+        cfg = config_from_data(ds)
+    else:
+        cfg = builtin_config(args.dataset)
+    if data and ds is not None and args.config:
+        check_arms(cfg, ds, str(args.config), Path(data).name)
     cache = cache_dir(args, env)
     embedder = dataclasses.replace(
         cfg.embedder,
@@ -93,8 +130,14 @@ def routing_config(args: argparse.Namespace, env: Mapping[str, str]) -> RoutingC
 
 
 def dataset(args: argparse.Namespace, env: Mapping[str, str]) -> Dataset:
-    """--dataset from --data-dir, cut to a seeded subset of --limit rows when given."""
-    ds = load_dataset(args.dataset, data_dir(args, env))
+    """--dataset from --data-dir, or the --data file (what was read goes to stderr), cut to
+    a seeded subset of --limit rows when given."""
+    if getattr(args, "data", None):
+        ds, summary = read_records(args.data, getattr(args, "prompt_column", None))
+        for line in summary.lines():
+            print(line, file=sys.stderr)
+    else:
+        ds = load_dataset(args.dataset, data_dir(args, env))
     if args.limit:
         if not 10 <= args.limit <= len(ds):
             raise MetalLMError(

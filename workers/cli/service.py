@@ -37,7 +37,8 @@ def register(sub: Any) -> None:
          "(the embedded default)."),
     ):  # fmt: skip
         p = sub.add_parser(name, help=help_text, description=desc + " First SIGTERM/SIGINT: "
-                           "finish the work in flight, acknowledge, save the model. Second: exit at once.",
+                           "finish the work in flight, acknowledge, save the model. Second: exit at once. "
+                           "SIGHUP: re-read --config and apply its arms and prices without a restart.",
                            epilog=ENV_EPILOG)  # fmt: skip
         _add_worker_options(p, ROLES[name])
         p.set_defaults(handler=cmd_worker)
@@ -123,6 +124,7 @@ def cmd_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise MetalLMError("--migrate-arms needs --model SNAPSHOT: it migrates that snapshot")
     given = load_model(args.model, cfg, args.migrate_arms) if args.model else None
     service = Service(service_settings(args, env, cfg), cfg, roles=ROLES[args.command], env=env,
-                      initial_policy=given, initial_name=f"--model {args.model}")  # fmt: skip
+                      initial_policy=given, initial_name=f"--model {args.model}",
+                      config_path=args.config)  # fmt: skip
     asyncio.run(run_service(service))
     return 0

@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
         "each decision importance-weighted by its logged probability. Writes the snapshot "
         "(arm names, costs and settings in its header) to --out.",
     )
-    add_dataset_options(tr)
+    add_dataset_options(tr, data_file=True)
     tr.add_argument("--out", type=Path, required=True, metavar="SNAPSHOT", help="file to write")
     tr.add_argument("--no-tune", action="store_true",
                     help="use the config's [policy] settings as they are (no search on validation)")  # fmt: skip
@@ -46,8 +46,8 @@ def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     if args.passes < 1 or (args.max_weight is not None and not args.max_weight >= 1):
         raise MetalLMError(f"--passes {args.passes} and --max-weight {args.max_weight} must be ≥ 1")
-    cfg = routing_config(args, env)
     ds = dataset(args, env)
+    cfg = routing_config(args, env, ds)  # with --data and no --config: the file's arms
     vectors = embed(ds, cfg)
     # A log has one arm per query: no row can be scored on every arm, so nothing to split.
     split = make_split(ds, args.seed) if ds.logged_prob is None else None
@@ -59,7 +59,8 @@ def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     pol = fitted.policy
     print(f"trained on {ds.name}: {fitted.rows} queries, {fitted.kind}, {fitted.updates} updates")
     print(f"arms ({pol.n_arms}): {', '.join(pol.arm_names)}")
-    how = "tuned on validation" if fitted.tuned else "the config's"
+    how = ("the config's" if not fitted.tuned else "tuned on validation" if split
+           else "tuned by 5-fold cross-validation on the log")  # fmt: skip
     print(f"settings ({how}): " + ", ".join(f"{k} {v}" for k, v in fitted.settings.items()))
     if fitted.figures:
         where = f"on validation ({len(split.val)} queries)" if split else "on the log"
@@ -82,9 +83,9 @@ def cmd_evaluate_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from bandit.evaluation import Experiment
     from workers.service.model_start import load_model
 
-    cfg = routing_config(args, env)
-    given = load_model(args.model, cfg)
     ds = dataset(args, env)
+    cfg = routing_config(args, env, ds)
+    given = load_model(args.model, cfg)
     vectors = embed(ds, cfg)
     split = make_split(ds, args.seed)
     ex = Experiment(ds, vectors, split, cfg)

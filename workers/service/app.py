@@ -1,5 +1,8 @@
 """Assembling and running the workers: router, learner, or both in one process (serve).
 
+SIGHUP reloads the ``--config`` file: arms added, retired and re-priced are applied
+without a restart (workers/service/reload.py).
+
 Shutdown is in two stages: the first SIGTERM/SIGINT stops reading, lets the batch in
 flight finish and be acknowledged, and saves the model; a second one exits at once.
 
@@ -17,6 +20,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +34,11 @@ from bandit.training import TrainingData, train_full_information
 from workers.service.drift_watch import DriftWatch
 from workers.service.embedding import router_embedder
 from workers.service.evaluation import LiveEvaluation, ope_config
+from workers.service.floors import LearnerFloors
 from workers.service.health import HEARTBEAT_EVERY_S, HealthServer, HealthState
 from workers.service.learner import Learner, newest_snapshot, save_snapshot
 from workers.service.metrics import Metrics
+from workers.service.migration import conform
 from workers.service.model_start import starting_policy
 from workers.service.pacing import BudgetSettings, Pacer, PaceReader, budget_settings
 from workers.service.providers import build_providers
@@ -45,6 +51,7 @@ from workers.service.reconnect import (
     redacted,
     unreachable,
 )
+from workers.service.reload import ConfigReload
 from workers.service.retry import compute_backoff
 from workers.service.router import Router
 from workers.service.settings import Keys, ServiceSettings
@@ -87,8 +94,12 @@ class Service:
     health: HealthState = field(default_factory=HealthState)
     http: HealthServer | None = None
     # Called with an arm's name when the learner detects that arm drifted (after its warning
-    # and metrics): the hook that raises the arm's exploration share.
+    # and metrics), besides raising that arm's exploration floor.
     on_drift: Callable[[str], None] | None = None
+    config_path: str | None = None  # the --config file SIGHUP reloads (None: built in)
+
+    def __post_init__(self) -> None:
+        self.reloader = ConfigReload(self)
 
     async def start(self) -> None:
         """Metrics and probes first (unready until a model is held), then Redis and the model.
@@ -129,14 +140,21 @@ class Service:
         deployed = await newest_snapshot(self.redis, Keys(s.prefix), s.model_dir)
         policy = starting_policy(deployed, self.initial_policy, self.initial_name,
                                  fresh_policy(self.config), "+".join(self.roles))  # fmt: skip
+        # The deployment's own snapshot follows the config's arms; arms it lacks are new.
+        added = [n for n in self.config.arms.names if n not in policy.arm_names]
+        policy = conform(policy, self.config.arms, "the newest snapshot")
         if "learner" in self.roles:
             # Online updates are one pass with importance weights: they take the online rate.
             online = policy.config.for_online()
             learner_policy = policy if online == policy.config else policy.with_config(online)
             ope = LiveEvaluation(ope_config(self.config.arms), self.config.arms.normalised_costs(),
                                  self.redis, s.prefix)  # fmt: skip
-            drift = DriftWatch(self.config.drift, self.metrics, self.redis, s.prefix, self.on_drift)
-            self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope, drift)
+            floors = LearnerFloors(s.floor_config(), self.config.arms.names, self.redis,
+                                   Keys(s.prefix), self.metrics)  # fmt: skip
+            await floors.restore(added)
+            drift = DriftWatch(self.config.drift, self.metrics, self.redis, s.prefix,
+                               partial(self._drifted, floors))  # fmt: skip
+            self.learner = Learner(s, learner_policy, self.redis, self.metrics, ope, drift, floors)
             self.metrics.init_learner(self.config.arms.names)
             await self.learner.publish()
             if self.budget:
@@ -158,6 +176,14 @@ class Service:
             if not self.learner:
                 await self.router.note_published()
         self.health.model_version = self._model_version
+
+    def _drifted(self, floors: LearnerFloors, arm: str) -> None:
+        """A drifted arm is re-learned: its exploration floor is raised (bandit.drift's
+        boost share, for its next boost labels), then ``on_drift`` is called."""
+        drift = self.config.drift
+        floors.boost(arm, drift.boost_share, drift.boost_labels)
+        if self.on_drift is not None:
+            self.on_drift(arm)
 
     def _model_version(self) -> int | None:
         """The version of the model the worker routes (router) or learns (learner) with."""
@@ -228,7 +254,8 @@ class Service:
             tasks.append(asyncio.create_task(self._supervise("pacer", self.pacer.run, stop),
                                              name="pacer"))  # fmt: skip
         helpers = [asyncio.create_task(self._heartbeat(stop), name="heartbeat"),
-                   asyncio.create_task(self._deadline_on_stop(stop), name="stop-deadline")]  # fmt: skip
+                   asyncio.create_task(self._deadline_on_stop(stop), name="stop-deadline"),
+                   asyncio.create_task(self.reloader.run(stop), name="config-reload")]  # fmt: skip
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -254,8 +281,9 @@ class Service:
         await self.redis.aclose()
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    """First SIGTERM/SIGINT: warm stop (finish the batch, ack, save). Second: exit now."""
+def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], None] | None = None) -> None:
+    """First SIGTERM/SIGINT: warm stop (finish the batch, ack, save). Second: exit now.
+    SIGHUP: ``reload`` (re-read the config file)."""
     loop = asyncio.get_running_loop()
 
     def handle(signum: int) -> None:
@@ -267,11 +295,13 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handle, sig)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 async def run_service(service: Service) -> None:
     stop = asyncio.Event()
-    install_signal_handlers(stop)
+    install_signal_handlers(stop, service.reloader.request)
     await service.start()
     try:
         await service.run(stop)

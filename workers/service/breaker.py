@@ -36,6 +36,13 @@ class Breakers:
         self._in_a_row = np.zeros(n, dtype=np.int64)
         self._open_until = np.zeros(n)  # clock time; 0 = closed
 
+    def carry_from(self, old: Breakers) -> None:
+        """Take over the state of the arms ``old`` has too (a config reload)."""
+        for j, name in enumerate(self.arm_names):
+            if name in old.arm_names:
+                k = old.arm_names.index(name)
+                self._in_a_row[j], self._open_until[j] = old._in_a_row[k], old._open_until[k]
+
     def available(self) -> np.ndarray:
         """Shape (n_arms,), True for the arms a decision may draw now."""
         return self._open_until <= self._clock()

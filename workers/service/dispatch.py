@@ -27,6 +27,7 @@ from workers.service.breaker import Breakers
 from workers.service.metrics import Metrics
 from workers.service.providers import Completion, Provider, ProviderError
 from workers.service.retry import RetryPolicy
+from workers.service.settings import ServiceSettings
 
 ERROR_CHARS = 2000  # the most of the joined provider errors kept in a response
 
@@ -150,3 +151,14 @@ class Dispatcher:
     async def close(self) -> None:
         for p in self.providers.values():
             await p.close()
+
+
+def build_dispatcher(settings: ServiceSettings, arms: ArmCatalogue, providers: Mapping[str, Provider],
+                     metrics: Metrics, breakers: Breakers | None = None) -> Dispatcher:  # fmt: skip
+    """A router's dispatcher under its settings (fresh circuit breakers unless given)."""
+    s = settings
+    retry = RetryPolicy(s.max_attempts, s.backoff_base_s, s.backoff_cap_s)
+    breakers = breakers or Breakers(arms.names, s.breaker_failures, s.breaker_cooldown_s,
+                                    on_change=metrics.breaker_changed)  # fmt: skip
+    return Dispatcher(arms, providers, retry, metrics, breakers, max_in_flight=s.max_in_flight,
+                      provider_concurrency=s.provider_concurrency, no_arm_wait_s=s.no_arm_wait_s)  # fmt: skip

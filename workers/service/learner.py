@@ -29,14 +29,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bandit.errors import UnknownArmError
 from bandit.policy import Policy
 from bandit.reward import is_correct
 from bandit.reward import reward as reward_of
 from workers.service.decision_log import LOG_FIELDS, DecisionLog
 from workers.service.drift_watch import DRIFT_OFF, DriftHooks
 from workers.service.evaluation import OPE_OFF, Evaluation
+from workers.service.floors import FLOORS_OFF, Floors
 from workers.service.messages import BadFeedback, Feedback, check_feedback_label, parse_feedback
 from workers.service.metrics import Metrics
+from workers.service.migration import arm_index
 from workers.service.settings import DEFAULT_LEARNER_CONSUMER, LEARNERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
     Entry,
@@ -121,9 +124,11 @@ class _Uncommitted:
 
 class Learner:
     def __init__(self, settings: ServiceSettings, policy: Policy, redis: aioredis.Redis,
-                 metrics: Metrics, ope: Evaluation = OPE_OFF, drift: DriftHooks = DRIFT_OFF) -> None:  # fmt: skip
+                 metrics: Metrics, ope: Evaluation = OPE_OFF, drift: DriftHooks = DRIFT_OFF,
+                 floors: Floors = FLOORS_OFF) -> None:  # fmt: skip
         self.settings, self.policy, self.r, self.m, self.ope = settings, policy, redis, metrics, ope
         self.drift = drift  # per-arm drift detectors on the labels (workers/service/drift_watch.py)
+        self.floors, self.busy = floors, asyncio.Lock()  # busy: a config reload waits for a step
         self.keys = Keys(settings.prefix)
         self.consumer = settings.consumer or DEFAULT_LEARNER_CONSUMER
         self._since_publish = 0
@@ -151,7 +156,8 @@ class Learner:
         if await self.r.get(self.keys.model_version) is None:
             await self.publish()  # routers start from the same model the learner has
         while not stop.is_set():
-            await self.step()
+            async with self.busy:
+                await self.step()
         if self._next is not None:  # read and joined ahead: learn and commit it too
             await self._apply(self._next)
             self._next = None
@@ -264,7 +270,7 @@ class Learner:
             try:
                 self._learn(record, correct)
             except (KeyError, ValueError) as exc:  # a record no router wrote; PolicyError too
-                batch.outcomes[k] = "invalid"
+                batch.outcomes[k] = "unknown_arm" if isinstance(exc, UnknownArmError) else "invalid"
                 batch.invalid[k] = ("feedback", f"its decision record cannot be learned: {exc!r}")
                 continue
             self.ope.observe(record, correct)  # labels only: a default reward is no outcome
@@ -284,8 +290,9 @@ class Learner:
             self._count(outcome or "unknown")
 
     def _learn(self, record: dict[str, str], correct: float) -> None:
-        arm, cost = int(record["arm"]), float(record["cost"])
+        arm, cost = arm_index(self.policy, record), float(record["cost"])
         self.policy.learn_line(record["shared"], arm, float(record["prob"]), correct, cost)
+        self.floors.labelled(record)
         name = record.get("arm_name", str(arm))
         per_arm = self._per_arm.get(name)
         if per_arm is None:  # the labelled children, looked up once per arm
@@ -397,6 +404,7 @@ class Learner:
                 pipe.set(k.model_published, repr(now))
             self.ope.queue_commit(pipe)
             self.decisions.queue_commit(pipe)
+            self.floors.queue_commit(pipe)
             self.drift.queue_commit(pipe)
             if todo.markers or todo.settled:
                 markers = [k.learned(qid) for qid in todo.markers]

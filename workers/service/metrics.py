@@ -19,7 +19,8 @@ REWARD_BUCKETS = (-1.0, -0.5, -0.1, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 ROUTER_DEAD_LETTER_STAGES = ("decode", "parse", "deliveries")
 LEARNER_DEAD_LETTER_STAGES = ("decode", "feedback")
 FEEDBACK_OUTCOMES = ("joined", "unknown", "duplicate", "not_learnable", "expired", "defaulted",
-                     "invalid")  # fmt: skip
+                     "invalid", "unknown_arm")  # fmt: skip
+RELOAD_RESULTS = ("applied", "refused")
 DECISION_KINDS = ("explored", "exploited")
 STAGES = ("embed", "decide", "dispatch")
 OPE_BOUNDS = ("estimate", "lo", "hi")
@@ -91,7 +92,11 @@ class Metrics:
         self.pending = Gauge("metallm_stream_pending", "Entries delivered, not acknowledged",
                              ["stream"], registry=r)  # fmt: skip
         self.feedback = Counter("metallm_feedback_total", "Feedback by outcome (joined, unknown, "
-                                "duplicate, not_learnable, expired, defaulted, invalid)", ["outcome"], registry=r)  # fmt: skip
+                                "duplicate, not_learnable, expired, defaulted, invalid, unknown_arm)", ["outcome"], registry=r)  # fmt: skip
+        self.explore_floor = Gauge("metallm_explore_floor", "Least share of the decisions an arm gets "
+                                   "while its exploration floor lasts (0: none)", ["arm"], registry=r)  # fmt: skip
+        self.config_reloads = Counter("metallm_config_reloads_total", "Config reloads (SIGHUP), "
+                                      "applied or refused", ["result"], registry=r)  # fmt: skip
         self.reward = RewardMetric(r)
         self.correct = Counter("metallm_correct_total", "Labelled answers that were right, by arm",
                                ["arm"], registry=r)  # fmt: skip
@@ -198,6 +203,9 @@ class Metrics:
             self.reward.labels(arm)
             self.drift.labels(arm)
             self.drift_boost.labels(arm).set(0)
+            self.explore_floor.labels(arm)
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
         for outcome in FEEDBACK_OUTCOMES:
             self.feedback.labels(outcome)
         for stage in LEARNER_DEAD_LETTER_STAGES:

@@ -25,15 +25,16 @@ if TYPE_CHECKING:
     from workers.service.router import Query
 
 
-def drawn(policy: Policy, d: Decision) -> dict[Any, Any]:
-    """A decision record's fields that say what was drawn, and with what probability."""
+def drawn(policy: Policy, d: Decision, p: float) -> dict[Any, Any]:
+    """A decision record's fields that say what was drawn, and with what probability;
+    ``p``: the price weight ``d`` was decided with (the pacer's, under a budget)."""
     out: dict[Any, Any] = {"arm": d.arm, "arm_name": policy.arm_names[d.arm], "prob": repr(d.prob),
                            "pmf": json.dumps(d.pmf.tolist()), "cost": repr(float(policy.costs[d.arm])),
                            "model_version": d.model_version}  # fmt: skip
     if policy.config.mode == "decoupled":
         # Each arm's P̂(correct), shape (n_arms,): the scores are P̂ − p·c. Off-policy
         # evaluation prices greedy-at-other-p with it (paper mode has no P̂).
-        out["predicted"] = json.dumps((d.scores + policy.config.p * policy.costs).tolist())
+        out["predicted"] = json.dumps((d.scores + p * policy.costs).tolist())
     return out
 
 
@@ -76,7 +77,7 @@ class Records:
         async with self.r.pipeline(transaction=False) as pipe:
             for q, d, line in zip(queries, decisions, shared, strict=True):
                 await self.ownership.take(pipe, q.id, q.entry.id, ttl, {
-                    "shared": line, **drawn(policy, d), "p": repr(p),
+                    "shared": line, **drawn(policy, d, p), "p": repr(p),
                     "labels": json.dumps(q.labels), "decided_at": repr(time.time()),
                     "explored": int(d.explored), **record_text(self.settings, q.text),
                 })  # fmt: skip
@@ -126,7 +127,7 @@ class Records:
                 outcome: dict[Any, Any] = {"label": label, "answered_by": arm.name, "failed": int(c is None),
                                            "cost_usd": repr(cost), "response": json.dumps(fields)}  # fmt: skip
                 if a.fell_back:
-                    outcome.update(drawn(policy, d), redrawn=1)
+                    outcome.update(drawn(policy, d, p), redrawn=1)
                 pipe.hset(key, mapping=outcome)
                 pipe.zadd(self.keys.awaiting, {q.id: now + self.settings.reward_wait_s})
                 pipe.xack(self.keys.queries, ROUTERS_GROUP, q.entry.id)

@@ -28,18 +28,18 @@ from redis.exceptions import RedisError
 from bandit.config import RoutingConfig
 from bandit.policy import Decision, Policy
 from workers.service import messages
-from workers.service.breaker import Breakers
-from workers.service.dispatch import Dispatcher, Redraw
+from workers.service.dispatch import Redraw, build_dispatcher
 from workers.service.embedding import RouterEmbedder
+from workers.service.floors import FloorReader
 from workers.service.memory import HeapTrimmer
 from workers.service.messages import BadQuery, usable_id
 from workers.service.metrics import Metrics
+from workers.service.migration import conform
 from workers.service.ownership import Ownership
 from workers.service.pacing import PaceReader
 from workers.service.providers import Provider
 from workers.service.reconnect import REDIS_OUTAGE, RedisLink
 from workers.service.records import Records, dead_response
-from workers.service.retry import RetryPolicy
 from workers.service.settings import ROUTERS_GROUP, Keys, ServiceSettings
 from workers.service.streams import (
     Entry,
@@ -106,13 +106,8 @@ class Router:
         self.keys = Keys(settings.prefix)
         self.pace = pace or PaceReader(redis, self.keys, config.policy.p, None, metrics)
         self.consumer = settings.consumer or f"router-{random.getrandbits(32):08x}"
-        retry = RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
-        breakers = Breakers(config.arms.names, settings.breaker_failures,
-                            settings.breaker_cooldown_s, on_change=metrics.breaker_changed)  # fmt: skip
-        self.dispatcher = Dispatcher(config.arms, providers, retry, metrics, breakers,
-                                     max_in_flight=settings.max_in_flight,
-                                     provider_concurrency=settings.provider_concurrency,
-                                     no_arm_wait_s=settings.no_arm_wait_s)  # fmt: skip
+        self.dispatcher = build_dispatcher(settings, config.arms, providers, metrics)
+        self.floors, self.busy = FloorReader(redis, self.keys), asyncio.Lock()  # busy: see reload
         self._last_reload_check = 0.0
         self._last_claim = 0.0
         self.answered = 0
@@ -130,7 +125,7 @@ class Router:
                                paced=self.pace.paced)  # fmt: skip
         self._last_repeat_check = 0.0
         self._abandoned: list[str] = []  # query ids whose calls the shutdown deadline cut
-        self._adopt(policy)
+        self.adopt(policy)
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -148,18 +143,19 @@ class Router:
         )
         try:
             while not stop.is_set():
-                self._raise_failure()
-                await self.maybe_reload()
-                await self._settle_repeats()
-                # While a batch embeds, only take what is there already, so that a quiet
-                # stream does not hold it back.
-                entries = await self.read_batch(block=not embedding)
-                started = await self.start(entries) if entries else None
-                if started is not None:
-                    embedding.append(started)
-                if len(embedding) > (1 if entries else 0):
-                    self._finish_soon(await self.decide(embedding.popleft()))
-                await self._room()
+                async with self.busy:  # a config reload (reload.py) waits for an iteration
+                    self._raise_failure()
+                    await self.maybe_reload()
+                    await self._settle_repeats()
+                    # While a batch embeds, only take what is there already, so that a quiet
+                    # stream does not hold it back.
+                    entries = await self.read_batch(block=not embedding)
+                    started = await self.start(entries) if entries else None
+                    if started is not None:
+                        embedding.append(started)
+                    if len(embedding) > (1 if entries else 0):
+                        self._finish_soon(await self.decide(embedding.popleft()))
+                    await self._room()
         except REDIS_OUTAGE as exc:
             if self.link:
                 self.link.lost(exc)  # now: the batches below wait for Redis to finish
@@ -216,6 +212,11 @@ class Router:
             await self.ownership.settle_waiting(
                 self.settings.repeat_wait_s, self.settings.responses_maxlen
             )
+
+    async def calls_back(self) -> None:
+        """Wait until the calls of every batch decided so far are back (a config reload)."""
+        while self._finishing:
+            await asyncio.wait(set(self._finishing))
 
     def _finish_soon(self, batch: Batch) -> None:
         task = asyncio.create_task(self.finish(batch))
@@ -297,13 +298,13 @@ class Router:
         if self._trimmer.due():
             await asyncio.to_thread(self._trimmer.trim)
         queries = started.queries
-        p = await self.pace.current()
+        p, floor = await self.pace.current(), await self.floors.current(self.policy.arm_names)
         with self.m.stage.labels("decide").time():
             shared = self.policy.features.shared_batch(vectors, [q.text for q in queries])
             healthy = self.dispatcher.breakers.available()
             # With no arm healthy, decide over all: the dispatcher waits for one to be back.
             decisions = self.policy.decide_lines(
-                shared, p=p, available=healthy if healthy.any() else None
+                shared, p=p, available=healthy if healthy.any() else None, floor=floor
             )
         held = await self._persist(lambda _: self.records.store(self.policy, queries, decisions, shared, p),
                                    "storing decisions")  # fmt: skip
@@ -410,11 +411,13 @@ class Router:
         policy = await asyncio.to_thread(Policy.from_bytes, bytes(blob))
         if policy.version <= self.policy.version:
             return False
-        self._adopt(policy)
+        policy = await asyncio.to_thread(conform, policy, self.config.arms,
+                                         f"router {self.consumer}: the published model")  # fmt: skip
+        self.adopt(policy)
         await self.note_published()
         return True
 
-    def _adopt(self, policy: Policy) -> None:
+    def adopt(self, policy: Policy) -> None:
         """Route with ``policy`` from now on, drawing arms from a random stream of its own:
         replicas and successive snapshots would otherwise explore in lockstep. The seed is
         logged so that a run can be replayed."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any, get_args, get_type_hints
 
 from bandit.errors import ConfigError
+from bandit.floors import DEFAULT_FLOOR_LABELS, DEFAULT_FLOOR_SHARE, FloorConfig
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "metallm:"
@@ -105,7 +106,12 @@ class ServiceSettings:
 
     ``decision_log_maxlen``: how many joined decisions the decision log keeps (the oldest go
     first; 0 = no log); ``decision_log_texts``: keep each query's text in it (routers then
-    store the text in the decision record), or, when false, only the context features."""
+    store the text in the decision record), or, when false, only the context features.
+
+    ``floor_share``, ``floor_labels``, ``floor_max_spend_usd``: the exploration floor of an
+    arm added to the config (bandit/floors.py): at least ``floor_share`` of the decisions
+    until it has ``floor_labels`` labels, or its labelled answers cost
+    ``floor_max_spend_usd`` USD (0 = no cap); ``floor_share`` = 0 switches floors off."""
 
     redis_url: str = DEFAULT_REDIS_URL
     prefix: str = DEFAULT_PREFIX
@@ -146,6 +152,9 @@ class ServiceSettings:
     max_label_chars: int = DEFAULT_MAX_LABEL_CHARS
     decision_log_maxlen: int = DEFAULT_DECISION_LOG_MAXLEN
     decision_log_texts: bool = True
+    floor_share: float = DEFAULT_FLOOR_SHARE
+    floor_labels: int = DEFAULT_FLOOR_LABELS
+    floor_max_spend_usd: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "block_ms", "max_in_flight", "provider_concurrency", "max_attempts",
@@ -202,6 +211,13 @@ class ServiceSettings:
             )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port = {self.metrics_port} must be a port number (0 = off)")
+        if not (math.isfinite(self.floor_max_spend_usd) and self.floor_max_spend_usd >= 0):
+            raise ConfigError(f"floor_max_spend_usd = {self.floor_max_spend_usd} must be ≥ 0 USD (0 = no cap)")  # fmt: skip
+        self.floor_config()  # floor_share and floor_labels in range
+
+    def floor_config(self) -> FloorConfig:
+        """The exploration floor of a new arm (bandit.floors)."""
+        return FloorConfig(self.floor_share, self.floor_labels, self.floor_max_spend_usd or None)
 
     def decision_ttl_s(self) -> int:
         """Seconds a decision record lives after the router writes it: the reward wait plus
@@ -334,6 +350,17 @@ class Keys:
     def budget_state(self) -> str:
         """The pacing controller's state (JSON), written with ``budget_p``."""
         return f"{self.prefix}budget:state"
+
+    @property
+    def explore_floor(self) -> str:
+        """Hash arm name → least probability per decision (the learner writes it at each
+        commit; every router reads it each batch)."""
+        return f"{self.prefix}explore_floor"
+
+    @property
+    def explore_floor_state(self) -> str:
+        """The learner's exploration floors (JSON, ``ArmFloors.to_dict``), committed with it."""
+        return f"{self.prefix}explore_floor:state"
 
     def spend_bucket(self, bucket: int) -> str:
         """Hash of the spend (``usd``) and answers (``queries``) of one time bucket."""
