@@ -49,6 +49,9 @@ def _add_row(table: Table, row: dict[str, Any]) -> None:
         w.split(row.get("split")),
     )
     j = table.arm(w.text("arm", row["arm"]))
+    pmf = row.get("pmf")  # a logged row's pmf names every arm the logging policy could draw
+    for name in (json.loads(pmf) if isinstance(pmf, str) and pmf else pmf) or ():
+        table.arm(w.text("pmf", name))
     table.cell(i, j, a, cost, w.text("answer", row.get("answer"), required=False), prob)
     table.rows += 1
 
