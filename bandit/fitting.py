@@ -83,8 +83,6 @@ def fit(
         return _fit_logged(ds, vectors, config, seed, passes, tune_settings, max_weight)
     if split is None:
         raise ConfigError(f"{ds.name}: full-information training needs a train/validation split")
-    if ds.observed is not None and not ds.observed.all():
-        tune_settings = False  # tune() learns every cell: only complete data can be tuned
     ex = Experiment(ds, vectors, split, config)
     cfg = config.policy
     tuned = False
@@ -98,14 +96,9 @@ def fit(
         ex = ex.with_word_features(cfg.word_features)
     train = split.train
     policy = ex.new_policy(cfg)
-    if ds.observed is None:
-        train_full_information(policy, ex.data(train), seed)
-        updates = policy.updates
-    else:  # an imported file missing some arms: only the recorded cells, with prob 1
-        observed = ds.observed[train][:, [ds.arms.index(n) for n in ex.arm_names]]
-        updates = train_logged(policy, ex.data(train), observed, np.ones(observed.shape),
-                               seed, cfg.warm_start_passes)  # fmt: skip
-    out = Fitted(policy, "full information", len(train), updates, _settings(cfg), tuned)
+    # an imported file's missing cells (Dataset.observed) are left out
+    train_full_information(policy, ex.data(train), seed)
+    out = Fitted(policy, "full information", len(train), policy.updates, _settings(cfg), tuned)
     val = split.val
     if len(val) and cfg.mode == "decoupled":
         scores = ex.correctness(policy, val)
@@ -149,9 +142,13 @@ def _fit_logged(
         observed, np.where(observed, np.maximum(ds.logged_prob[rows][:, cols], 1 / (max_weight or np.inf)), 1.0),
         base.p,
     )  # fmt: skip
-    new = lambda lr: Policy(base.replace(learning_rate=lr), names, costs, vectors.shape[1])  # noqa: E731
+
+    def new(rate: float) -> Policy:
+        return Policy(base.replace(learning_rate=rate), names, costs, vectors.shape[1])
+
     lr, n_pass, tuned = base.learning_rate, passes, False
-    if tune_settings and len(rows) >= MIN_LOG_ROWS_TO_TUNE:
+    # the criterion scores predicted correctness, which only decoupled mode has
+    if tune_settings and len(rows) >= MIN_LOG_ROWS_TO_TUNE and base.mode == "decoupled":
         folds = np.array_split(np.random.default_rng(seed).permutation(len(rows)), LOG_FOLDS)
         best = -np.inf
         for rate, k in product(LOG_LEARNING_RATES, LOG_PASSES):
@@ -223,7 +220,10 @@ class _Log:
         w = (greedy == self.arm[rows]) / self.drawn[rows]
         if w.sum() <= 0:
             return None
-        mean = lambda x: float((w * x[rows]).sum() / w.sum())  # noqa: E731
+
+        def mean(x: np.ndarray) -> float:
+            return float((w * x[rows]).sum() / w.sum())
+
         return mean(self.reward), mean(self.got), mean(self.paid) * PER_10K
 
 
