@@ -36,7 +36,8 @@ def register(sub: Any) -> None:
     tr.add_argument("--passes", type=int, default=1,
                     help="with a logged file: passes over the log (default 1, as the service learned it)")  # fmt: skip
     tr.add_argument("--max-weight", type=float, metavar="W", help="with a logged file: cap each "
-                    "row's importance weight 1 / prob at W (1 = unweighted; default: no cap)")  # fmt: skip
+                    "row's importance weight 1 / prob at W (1 = unweighted, inf = no cap; default: "
+                    "no cap, 10 or 1, whichever cross-validates best)")  # fmt: skip
     tr.set_defaults(handler=cmd_train)
 
 
