@@ -43,6 +43,7 @@ from bandit.embedder import Embedder
 from workers.harness.cleanup import delete_prefix
 from workers.harness.demo import free_port, redis_for_run
 from workers.service.app import Service
+from workers.service.decision_log import record_text
 from workers.service.settings import Keys, ServiceSettings
 
 
@@ -239,10 +240,10 @@ async def learner_phase(
         for i in range(n):
             arm = i % arms
             pipe.hset(keys.decision(f"q{i}"), mapping={
-                "shared": lines[i % len(lines)], **drawn(policy, decided[i % len(lines)]), "arm": arm,
+                "shared": lines[i % len(lines)], **drawn(policy, decided[i % len(lines)], policy.config.p), "arm": arm,
                 "arm_name": policy.arm_names[arm], "prob": "0.9", "cost": repr(float(policy.costs[arm])),
                 "cost_usd": "0.0001", "p": repr(policy.config.p), "label": "positive", "fallback": 0,
-                "failed": 0})  # fmt: skip
+                "failed": 0, **record_text(settings, texts[i % len(texts)])})  # fmt: skip
             pipe.xadd(keys.feedback, {"id": f"q{i}", "label": "positive" if i % 3 else "negative"})
         await pipe.execute()
     evaluation = LiveEvaluation(ope_config(cfg.arms), cfg.arms.normalised_costs(), r, prefix)
