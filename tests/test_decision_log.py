@@ -91,7 +91,7 @@ def test_no_log_when_its_length_is_zero(redis_url: str, prefix: str) -> None:
 def test_export_since_keeps_the_decisions_made_then_or_later(
     redis_url: str, prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    s = ServiceSettings(redis_url=redis_url, prefix=prefix)
+    s = ServiceSettings(redis_url=redis_url, prefix=prefix, decision_log_maxlen=100)
     now = time.time()
     ages_s = [7200, 3600, 60]
     asyncio.run(_write(redis_url, DecisionLog(s, Keys(prefix)), [_record(i, now - a) for i, a in enumerate(ages_s)]))  # fmt: skip
@@ -119,7 +119,9 @@ def test_export_since_keeps_the_decisions_made_then_or_later(
 
 def test_features_only_keeps_no_text(redis_url: str, prefix: str, tmp_path: Path) -> None:
     """decision_log_texts = false: routers store no text, the log the context line instead."""
-    s = ServiceSettings(redis_url=redis_url, prefix=prefix, decision_log_texts=False)
+    s = ServiceSettings(
+        redis_url=redis_url, prefix=prefix, decision_log_maxlen=100, decision_log_texts=False
+    )
     assert record_text(s, "a query") == {}
     assert record_text(dataclasses.replace(s, decision_log_texts=True), "q") == {"text": "q"}
     assert (
@@ -159,7 +161,11 @@ def test_service_log_exports_and_trains_a_policy(
     the config's arms."""
     ds, cfg = overruling
     keys = Keys(prefix)
-    svc = Service(settings(redis_url, prefix), cfg, env={"METALLM_REPLAY_URL": replay.url})
+    svc = Service(
+        settings(redis_url, prefix, decision_log_maxlen=1000),
+        cfg,
+        env={"METALLM_REPLAY_URL": replay.url},
+    )
     rows = list(range(60))
     out = io.StringIO()
 

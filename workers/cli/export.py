@@ -47,4 +47,8 @@ def cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         n = asyncio.run(export_log(s.redis_url, s.prefix, sys.stdout, since))
         print(f"exported {n} decisions from {s.prefix}decisions", file=sys.stderr)
+    if n == 0 and since is None:
+        print(f"{s.prefix}decisions is empty: the learner keeps the decision log only with "
+              "decision_log_maxlen > 0 (METALLM_DECISION_LOG_MAXLEN or [service]; off by "
+              "default), from then on", file=sys.stderr)  # fmt: skip
     return 0

@@ -40,7 +40,7 @@ from workers.service.app import Service, install_signal_handlers, warm_started_p
 from workers.service.learner import Learner
 from workers.service.pacing import Pacer
 from workers.service.reconnect import redacted
-from workers.service.settings import Keys, ServiceSettings
+from workers.service.settings import DECISION_LOG_ON_MAXLEN, Keys, ServiceSettings
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 2.0
@@ -156,6 +156,8 @@ def run_demo(
         settings = replace(
             settings, redis_url=url, prefix=f"{settings.prefix}demo-{uuid.uuid4().hex[:8]}:"
         )
+        if opts.export and not settings.decision_log_maxlen:  # the log is what --export reads
+            settings = replace(settings, decision_log_maxlen=DECISION_LOG_ON_MAXLEN)
         faults = Faults(error_rate=opts.llm_error_rate, seed=opts.seed)
         replay = ReplayServer(ReplayBook(ds, config), faults).start()
         try:

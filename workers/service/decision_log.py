@@ -9,13 +9,16 @@ exactly once. The stream is trimmed to ``decision_log_maxlen`` entries (exactly:
 go first; 0 = no log). Decisions learned with the default reward (no label came) carry no
 outcome and are not logged.
 
-One entry (all strings): ``id``, ``arm``, ``prob`` (the probability the arm was drawn with),
-``pmf`` (JSON object arm → probability), ``p``, ``model_version``, ``time`` (when it was
-decided, unix seconds), ``learned_at``, ``label`` (the true label; absent for an explicit
-reward), ``answer`` (the answer's parsed label), ``correct`` (0/1) or ``score`` (an explicit
-reward in [0, 1]), ``reward`` (a − p·c), ``cost_usd``, and ``text`` — or, when
-``decision_log_texts`` is false, ``features`` (the context line the policy saw: the
-embedding, and the words when word features are on) instead of the text.
+One stream entry per decision, its one field ``d`` a JSON object: ``id``, ``arm``, ``prob``
+(the probability the arm was drawn with), ``pmf`` (the logged pmf, a list) over ``arms``
+(the arm names), ``p``, ``model_version``, ``time`` (when it was decided, unix seconds),
+``learned_at``, ``label`` (the true label; absent for an explicit reward), ``answer`` (the
+answer's parsed label), ``correct`` (0/1) or ``score`` (an explicit reward in [0, 1]),
+``reward`` (a − p·c), ``cost_usd``, and ``text`` — or, when ``decision_log_texts`` is
+false, ``features`` (the context line the policy saw: the embedding, and the words when
+word features are on) instead of the text. A commit's entries are appended by
+``decision_log.lua`` in one command (one XADD per decision, packed and its reply parsed,
+cost the learner a third of its throughput; ``scripts/bench_service.py`` measures it).
 
 ``metallm export`` (workers/cli/export.py) turns the entries into the long import format
 (``export_row``): one row per decision, the chosen arm only, with its logged probability.
@@ -28,6 +31,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from importlib import resources
 from typing import IO, Any
 
 import redis.asyncio as aioredis
@@ -40,6 +44,8 @@ from workers.service.streams import text
 # The decision record's fields the log needs besides those the learner reads to learn.
 LOG_FIELDS = ("text", "model_version", "decided_at")
 EXPORT_BATCH = 1000  # entries per XRANGE while exporting
+ENTRY_FIELD = "d"  # the one field of a log entry: the decision as a JSON object
+_APPEND = resources.files(__package__).joinpath("decision_log.lua").read_text(encoding="utf-8")
 
 
 def record_text(settings: ServiceSettings, query_text: str) -> dict[str, str]:
@@ -57,8 +63,10 @@ class DecisionLog:
         self.maxlen = settings.decision_log_maxlen
         self.keep_texts = settings.decision_log_texts
         self.stream = keys.decisions
-        self._pending: list[dict[str, str]] = []
+        self._pending: list[str] = []  # the pending decisions, as JSON
         self._queued = 0
+        self._arm_names: tuple[str, ...] = ()
+        self._arms_json = "[]"
 
     def note(self, record: dict[str, str], query_id: str, label: str | None) -> None:
         """Put the query id and the true label (None: an explicit reward) into a joined
@@ -71,19 +79,19 @@ class DecisionLog:
         """One learned decision (its record, after ``note``; ``correct``: a ∈ [0, 1])."""
         if not self.maxlen:
             return
-        pmf = json.loads(record.get("pmf", "[]"))
-        p, cost = float(record.get("p", "0")), float(record["cost"])
+        names = tuple(arm_names)
+        if names != self._arm_names:
+            self._arm_names, self._arms_json = names, json.dumps(names)
         entry = {
             "id": record["_id"],
-            "arm": record.get("arm_name") or arm_names[int(record["arm"])],
+            "arm": record.get("arm_name") or names[int(record["arm"])],
             "prob": record["prob"],
-            "pmf": json.dumps(dict(zip(arm_names, pmf, strict=False))),
             "p": record.get("p", "0"),
             "model_version": record.get("model_version", ""),
             "time": record.get("decided_at", ""),
             "learned_at": repr(time.time()),
             "answer": record.get("label", ""),
-            "reward": repr(reward(correct, cost, p)),
+            "reward": repr(reward(correct, float(record["cost"]), float(record.get("p", "0")))),
             "cost_usd": record.get("cost_usd", "0"),
         }
         if "_truth" in record:
@@ -94,12 +102,15 @@ class DecisionLog:
             entry["text"] = record["text"]
         else:
             entry["features"] = record["shared"]
-        self._pending.append(entry)
+        # The pmf (a JSON list, as logged) and the arm names it is over go in as they are.
+        dumped = json.dumps(entry, ensure_ascii=False)
+        pmf = record.get("pmf", "[]")
+        self._pending.append(f'{dumped[:-1]}, "pmf": {pmf}, "arms": {self._arms_json}}}')
 
     def queue_commit(self, pipe: Any) -> None:
         """Append the pending entries in the learner's commit transaction ``pipe``."""
-        for entry in self._pending:
-            pipe.xadd(self.stream, entry, maxlen=self.maxlen, approximate=False)
+        if self._pending:
+            pipe.eval(_APPEND, 1, self.stream, self.maxlen, *self._pending)
         self._queued = len(self._pending)
 
     def committed(self) -> None:
@@ -139,7 +150,7 @@ def parse_since(value: str, now: float | None = None) -> float:
 
 async def read_log(
     r: aioredis.Redis, keys: Keys, since: float | None = None
-) -> AsyncIterator[dict[str, str]]:
+) -> AsyncIterator[dict[str, Any]]:
     """The log's entries, oldest first, decided at ``since`` (unix seconds) or later. An
     entry's stream id is its commit time, never before its decision: reading starts there."""
     start = "-" if since is None else f"{max(int(since * 1000), 0)}-0"
@@ -148,14 +159,14 @@ async def read_log(
         if not batch:
             return
         for _, raw in batch:
-            fields = {text(k): text(v) for k, v in raw.items()}
+            fields = json.loads(text(raw.get(ENTRY_FIELD.encode(), b"{}")))
             if since is None or float(fields.get("time") or 0) >= since:
                 yield fields
         last = text(batch[-1][0])
         start = f"({last}"
 
 
-def export_row(fields: dict[str, str]) -> dict[str, Any]:
+def export_row(fields: dict[str, Any]) -> dict[str, Any]:
     """One log entry as a row of the long import format (CONTRACT: ``id``, ``text``,
     ``arm``, ``correct`` or ``score``, ``cost_usd``, ``label``, ``answer``, and the logged
     bandit feedback ``prob``, ``pmf``, ``p``, ``model_version``, ``time``, ``reward``)."""
@@ -170,7 +181,10 @@ def export_row(fields: dict[str, str]) -> dict[str, Any]:
         if fields.get(name):
             row[name] = fields[name]
     row["prob"] = float(fields["prob"])
-    row["pmf"] = json.loads(fields.get("pmf") or "{}")
+    pmf = fields.get("pmf") or {}
+    if isinstance(pmf, list):  # as logged, over the arms the entry names
+        pmf = dict(zip(fields.get("arms") or [], pmf, strict=False))
+    row["pmf"] = pmf
     row["p"] = float(fields.get("p") or 0)
     row["model_version"] = int(fields.get("model_version") or 0)
     row["time"] = float(fields.get("time") or 0)

@@ -51,8 +51,11 @@ DEFAULT_RESPONSES_MAXLEN = 1_000_000
 DEFAULT_FEEDBACK_MAXLEN = 1_000_000
 DEFAULT_DEAD_MAXLEN = 100_000
 # The decision log (workers/service/decision_log.py): joined decisions kept for export, in
-# entries (0 = no log); see the README's "The decision log" for its memory per entry.
-DEFAULT_DECISION_LOG_MAXLEN = 1_000_000
+# entries; 0 = no log, the default: it costs the learner about a fifth of its throughput
+# (scripts/bench_service.py). The README's "The decision log" gives its memory per entry.
+DEFAULT_DECISION_LOG_MAXLEN = 0
+# The length the demo's --export turns the log on with.
+DECISION_LOG_ON_MAXLEN = 1_000_000
 # Below the 60 s grace period of deploy/compose.yaml and deploy/k8s/*.yaml, leaving 15 s to
 # mark what is left abandoned, save the model and close before SIGKILL.
 DEFAULT_SHUTDOWN_DEADLINE_S = 45.0
