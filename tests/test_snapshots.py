@@ -130,7 +130,7 @@ def test_a_worker_says_which_model_it_starts_from(
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     """Cold: a warning saying how to start warm. --model: that snapshot. Once the deployment
-    has a snapshot at least as new, that one (and a warning that --model is not used)."""
+    has a snapshot at least as new, that one (and, when newer, a warning that --model is not used)."""
     _, cfg = overruling
     s = ServiceSettings(redis_url=redis_url, prefix=prefix)
     trained = _policy_for(cfg)
@@ -162,7 +162,11 @@ def test_a_worker_says_which_model_it_starts_from(
 
     assert start(trained) == 5  # publishes version 5 to the deployment
     assert "from --model x.bin, model version 5" in caplog.text
-    assert start(trained) == 5  # the deployment's version 5 is at least as new
+    assert start(trained) == 5  # the deployment holds that same version: no warning
+    (same,) = caplog.records
+    assert same.levelno == logging.INFO and "the version of --model x.bin" in same.getMessage()
+    trained.updates = 3
+    assert start(trained) == 5  # the deployment's version 5 is newer than --model's 3
     (warned,) = caplog.records
     assert warned.levelno == logging.WARNING and "which is not used" in warned.getMessage()
     trained.updates = 9

@@ -49,10 +49,15 @@ def starting_policy(
 ) -> Policy:
     """The policy a worker starts from, logged: ``deployed`` (the deployment's newest
     snapshot), ``given`` (``--model``, named ``given_name``) or ``fresh`` (cold)."""
-    if deployed is not None and given is not None and deployed.version >= given.version:
+    if deployed is not None and given is not None and deployed.version == given.version:
+        # the deployment already holds it (a learner that started from it has published it)
+        log.info("starting %s from the deployment's snapshot, model version %d, the version "
+                 "of %s", roles, deployed.version, given_name)  # fmt: skip
+        return deployed
+    if deployed is not None and given is not None and deployed.version > given.version:
         # a warning: the model the operator named is not the one that routes
-        log.warning("starting %s from the deployment's snapshot, model version %d: it is at "
-                    "least as new as %s (version %d), which is not used", roles,
+        log.warning("starting %s from the deployment's snapshot, model version %d: it is "
+                    "newer than %s (version %d), which is not used", roles,
                     deployed.version, given_name, given.version)  # fmt: skip
         return deployed
     if deployed is not None and given is None:
