@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from bandit.config import RoutingConfig, builtin_config
 from bandit.datasets import Dataset
 from bandit.ope import OffPolicyEvaluator
 from bandit.policy import Policy
-from tests.test_learner_commit import group_state
+from tests.test_learner_commit import group_state, wait_until
 from workers.cli import main
 from workers.harness.replay_server import ReplayServer
 from workers.service.app import Service, fresh_policy, warm_started_policy
@@ -109,16 +108,6 @@ def feed(r: redis.Redis, keys: Keys, entries: list[dict[str, str]], per_s: float
             pipe.xadd(keys.feedback, f)
         pipe.execute()
         time.sleep(10 / per_s)
-
-
-def wait_until(check: Callable[[], bool], proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:  # fmt: skip
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise AssertionError(f"learner exited early ({proc.returncode}): {err[-3000:]}")
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def test_the_estimates_survive_a_killed_learner_and_count_each_label_once(
